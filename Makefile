@@ -1,0 +1,62 @@
+# eda-pitfalls: `make help` lists every target. The stack runs natively (no Docker); its
+# settings are in infra/env.sh and every value there can be overridden from the environment.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help up down status urls deps infra-install infra-up infra-down infra-status infra-logs \
+        infra-topics services-up services-down build fmt lint test clean-run
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+up: infra-up services-up urls ## start the whole system (stack + services) and print where everything is
+
+down: services-down infra-down ## stop the whole system (data stays in .run/)
+
+status: ## health of every component and service
+	@infra/stack.sh status; infra/services.sh status
+
+urls: ## print the URLs of the stack and the services
+	@echo; echo "eda-pitfalls is up:"; infra/services.sh urls; infra/stack.sh urls
+
+deps: ## install build prerequisites (Debian packages for librdkafka, docker-compose for the compose check)
+	@infra/deps.sh
+
+infra-install: ## install the stack's components (cached in ~/.cache/eda-pitfalls; idempotent)
+	@infra/stack.sh install
+
+infra-up: ## start PostgreSQL, Kafka, Kafka Connect + Debezium, MinIO, Jaeger and wait until healthy
+	@infra/stack.sh up
+
+infra-down: ## stop the stack
+	@infra/stack.sh down
+
+infra-status: ## health of each stack component
+	@infra/stack.sh status
+
+infra-logs: ## last lines of each component's log (COMPONENT=kafka for one)
+	@infra/stack.sh logs $(COMPONENT)
+
+infra-topics: ## create missing Kafka topics
+	@infra/stack.sh topics
+
+services-up: deps ## build and start the services that exist under services/
+	@infra/services.sh up
+
+services-down: ## stop the services
+	@infra/services.sh down
+
+build: deps ## cargo build the workspace
+	cargo build --workspace --all-targets
+
+fmt: ## format the code
+	cargo fmt --all
+
+lint: ## clippy with warnings as errors
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: ## fmt check + clippy + all tests against the real stack (started and stopped if not running)
+	@infra/test.sh
+
+clean-run: down ## stop everything and delete the stack's data (.run/); caches stay
+	rm -rf .run

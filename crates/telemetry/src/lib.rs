@@ -1,0 +1,288 @@
+//! One call to set up a service's telemetry: JSON logs on stdout and OpenTelemetry traces
+//! exported over OTLP (to Jaeger in this project), returning a guard that flushes on drop.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), eda_telemetry::Error> {
+//! let _telemetry = eda_telemetry::init(eda_telemetry::TelemetryConfig::from_env("order-service"))?;
+//! tracing::info!(port = 8080, "listening");
+//! // dropping the guard at the end of `main` exports the spans still buffered
+//! # Ok(()) }
+//! ```
+//!
+//! # Why a guard
+//! Spans are exported in batches from a background thread. A process that exits without
+//! flushing loses its last batch, which is usually the one that explains why it exited.
+//! [`TelemetryGuard`] flushes and shuts the exporter down when dropped, so keeping it alive for
+//! the whole of `main` is enough.
+//!
+//! # Configuration
+//! The standard OpenTelemetry variables are honoured by the exporter and SDK themselves:
+//!
+//! | variable | effect | default |
+//! |---|---|---|
+//! | `OTEL_SERVICE_NAME` | service name on every span (overrides the name passed in code) | the name passed to [`TelemetryConfig::from_env`] |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | collector base URL | `http://localhost:4318` (HTTP) / `http://localhost:4317` (gRPC) |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` or `grpc` | `http/protobuf` |
+//! | `OTEL_TRACES_EXPORTER` | `otlp`, or `none` to keep logs only | `otlp` |
+//! | `OTEL_SDK_DISABLED` | `true` turns span export off | `false` |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*` | read by the SDK | SDK defaults |
+//! | `RUST_LOG` | log filter (`tracing_subscriber::EnvFilter` syntax) | [`TelemetryConfig::log_filter`] |
+//! | `LOG_FORMAT` | `json` or `pretty` | `json` |
+//!
+//! With `grpc`, [`init`] must run inside a Tokio runtime: the gRPC channel lives on it.
+
+use std::env;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{KeyValue, global};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+/// Everything that can go wrong while setting telemetry up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The OTLP exporter could not be built (bad endpoint, unsupported protocol, no runtime for gRPC).
+    #[error("cannot build the OTLP span exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// `RUST_LOG` (or the default filter) does not parse.
+    #[error("invalid log filter {filter:?}: {source}")]
+    LogFilter {
+        /// The filter text that was rejected.
+        filter: String,
+        /// Why it was rejected.
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// `LOG_FORMAT` holds something other than `json` or `pretty`.
+    #[error("invalid LOG_FORMAT {0:?}: expected \"json\" or \"pretty\"")]
+    LogFormat(String),
+    /// A global subscriber was already installed (telemetry initialised twice in one process).
+    #[error("a global tracing subscriber is already installed: {0}")]
+    AlreadyInitialized(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How log lines are written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line: what log shippers and `jq` want.
+    Json,
+    /// Human-readable, multi-line: for a developer's terminal.
+    Pretty,
+}
+
+/// What [`init`] sets up. Build it with [`TelemetryConfig::from_env`] and adjust fields if needed.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `service.name` on every exported span; this is what Jaeger's service list shows.
+    pub service_name: String,
+    /// Log filter used when `RUST_LOG` is unset.
+    pub log_filter: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Whether spans are exported over OTLP. Off, only logs are written.
+    pub export_traces: bool,
+    /// `LOG_FORMAT` value that did not parse; reported by [`init`] rather than silently ignored.
+    invalid_log_format: Option<String>,
+}
+
+impl TelemetryConfig {
+    /// Reads the standard variables (see the crate docs), falling back to `service_name`.
+    pub fn from_env(service_name: &str) -> Self {
+        Self::from_lookup(service_name, |key| env::var(key).ok())
+    }
+
+    /// Same as [`from_env`](Self::from_env), reading variables through `lookup`; for tests and
+    /// for services that keep their configuration elsewhere.
+    pub fn from_lookup(service_name: &str, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let non_empty = |key: &str| {
+            lookup(key)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let service_name =
+            non_empty("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned());
+        let sdk_disabled =
+            non_empty("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let exporter_none =
+            non_empty("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+        let (log_format, invalid_log_format) = match non_empty("LOG_FORMAT") {
+            None => (LogFormat::Json, None),
+            Some(v) if v.eq_ignore_ascii_case("json") => (LogFormat::Json, None),
+            Some(v) if v.eq_ignore_ascii_case("pretty") => (LogFormat::Pretty, None),
+            Some(v) => (LogFormat::Json, Some(v)),
+        };
+        Self {
+            service_name,
+            log_filter: non_empty("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            log_format,
+            export_traces: !(sdk_disabled || exporter_none),
+            invalid_log_format,
+        }
+    }
+}
+
+/// Keeps the span exporter alive; flushes and shuts it down when dropped.
+#[must_use = "dropping the guard shuts span export down: keep it alive for the whole of main"]
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span now. Useful before reading traces back (tests) or before a
+    /// planned exit; errors are returned rather than logged so the caller can decide.
+    pub fn flush(&self) -> std::result::Result<(), opentelemetry_sdk::error::OTelSdkError> {
+        match &self.provider {
+            Some(provider) => provider.force_flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            // Nothing to log to any more once the exporter is gone: stderr is the last resort.
+            if let Err(err) = provider.shutdown() {
+                eprintln!("eda-telemetry: span exporter shutdown failed: {err}");
+            }
+        }
+    }
+}
+
+/// Installs the global tracing subscriber (logs + spans), the global OpenTelemetry tracer
+/// provider, and the W3C `traceparent` + `baggage` propagators.
+///
+/// Call once per process, early in `main`, and keep the returned guard until exit.
+pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
+    if let Some(bad) = config.invalid_log_format {
+        return Err(Error::LogFormat(bad));
+    }
+    let filter = EnvFilter::try_new(&config.log_filter).map_err(|source| Error::LogFilter {
+        filter: config.log_filter.clone(),
+        source,
+    })?;
+
+    global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
+        vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ],
+    ));
+
+    let provider = if config.export_traces {
+        let exporter = opentelemetry_otlp::SpanExporter::builder().build()?;
+        let resource = Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        global::set_tracer_provider(provider.clone());
+        Some(provider)
+    } else {
+        None
+    };
+
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(config.service_name.clone()))
+            .boxed()
+    });
+    let fmt_layer = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().pretty().boxed(),
+    };
+
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()?;
+
+    Ok(TelemetryGuard { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> TelemetryConfig {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        TelemetryConfig::from_lookup("fallback-name", |k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_export_json_logs_at_info() {
+        let c = config(&[]);
+        assert_eq!(c.service_name, "fallback-name");
+        assert_eq!(c.log_filter, "info");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(c.export_traces);
+    }
+
+    #[test]
+    fn otel_service_name_overrides_the_code_default() {
+        assert_eq!(
+            config(&[("OTEL_SERVICE_NAME", "svc-b")]).service_name,
+            "svc-b"
+        );
+        assert_eq!(
+            config(&[("OTEL_SERVICE_NAME", "  ")]).service_name,
+            "fallback-name"
+        );
+    }
+
+    #[test]
+    fn export_can_be_switched_off_the_standard_ways() {
+        assert!(!config(&[("OTEL_SDK_DISABLED", "TRUE")]).export_traces);
+        assert!(!config(&[("OTEL_TRACES_EXPORTER", "none")]).export_traces);
+        assert!(config(&[("OTEL_SDK_DISABLED", "false")]).export_traces);
+    }
+
+    #[test]
+    fn bad_log_format_is_an_error_not_a_silent_default() {
+        let c = config(&[("LOG_FORMAT", "xml")]);
+        let err = init(c).unwrap_err();
+        assert!(
+            matches!(err, Error::LogFormat(ref v) if v == "xml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_log_filter_names_the_filter() {
+        let c = config(&[("RUST_LOG", "info,[[[")]);
+        let err = init(c).unwrap_err();
+        assert!(err.to_string().contains("info,[[["), "{err}");
+    }
+
+    #[test]
+    fn pretty_is_accepted() {
+        assert_eq!(
+            config(&[("LOG_FORMAT", "Pretty")]).log_format,
+            LogFormat::Pretty
+        );
+    }
+}
+
+/// Compiles and runs the README's example, so the copy-paste snippet cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,100 @@
+# shellcheck shell=bash
+# Helpers shared by infra/stack.sh and the component scripts in infra/components/.
+
+say()  { printf '\033[1;34m[%s]\033[0m %s\n' "${COMPONENT:-stack}" "$*" >&2; }
+warn() { printf '\033[1;33m[%s] warning:\033[0m %s\n' "${COMPONENT:-stack}" "$*" >&2; }
+
+# die MESSAGE [LOGFILE]: fail naming the component, with the tail of its log when there is one.
+die() {
+  printf '\033[1;31m[%s] error:\033[0m %s\n' "${COMPONENT:-stack}" "$1" >&2
+  if [ -n "${2:-}" ] && [ -f "$2" ]; then
+    printf -- '--- last 40 lines of %s ---\n' "$2" >&2
+    tail -n 40 "$2" >&2
+    printf -- '--- end of %s ---\n' "$2" >&2
+  fi
+  exit 1
+}
+
+need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed; $2"; }
+
+# apt_install PKG...: installs Debian packages that are missing (runs apt-get update once).
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  say "installing Debian packages: ${missing[*]}"
+  if [ ! -f "$EDA_CACHE_DIR/.apt-updated" ] || ! apt-cache show "${missing[0]}" >/dev/null 2>&1; then
+    $sudo apt-get update -qq >/dev/null || die "apt-get update failed"
+    mkdir -p "$EDA_CACHE_DIR" && touch "$EDA_CACHE_DIR/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+# port_open PORT: true when something accepts TCP connections on EDA_BIND_HOST:PORT.
+port_open() { (exec 3<>"/dev/tcp/$EDA_BIND_HOST/$1") 2>/dev/null; }
+
+# http_ok URL: true when URL answers 2xx.
+http_ok() { curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null; }
+
+# wait_until SECONDS DESCRIPTION LOGFILE PIDFILE COMMAND...: polls COMMAND until it succeeds.
+# Fails early, with the log tail, when the process behind PIDFILE has died.
+wait_until() {
+  local timeout=$1 what=$2 log=$3 pidfile=$4; shift 4
+  local start=$SECONDS
+  until "$@"; do
+    if [ -n "$pidfile" ] && ! pid_alive "$pidfile"; then
+      die "$what: the process exited during start-up (log: $log)" "$log"
+    fi
+    if (( SECONDS - start >= timeout )); then
+      die "$what: not ready after ${timeout}s (log: $log)" "$log"
+    fi
+    sleep 0.5
+  done
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# start_bg PIDFILE LOGFILE COMMAND...: starts COMMAND detached (own session), output to LOGFILE.
+start_bg() {
+  local pidfile=$1 log=$2; shift 2
+  mkdir -p "$(dirname "$pidfile")" "$(dirname "$log")"
+  printf '\n===== %s starting: %s =====\n' "$(date -u +%FT%TZ)" "$*" >>"$log"
+  setsid "$@" >>"$log" 2>&1 < /dev/null &
+  echo $! >"$pidfile"
+}
+
+# stop_pid PIDFILE [SECONDS]: SIGTERM, bounded wait, then SIGKILL. Removes the pid file.
+stop_pid() {
+  local pidfile=$1 grace=${2:-30}
+  [ -f "$pidfile" ] || return 0
+  local pid; pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    local waited=0
+    while kill -0 "$pid" 2>/dev/null && (( waited < grace * 2 )); do sleep 0.5; waited=$((waited + 1)); done
+    if kill -0 "$pid" 2>/dev/null; then
+      warn "pid $pid did not stop within ${grace}s; killing it"
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$pidfile"
+}
+
+# refuse_busy_port PORT WHAT: a port taken by something that is not ours is a clear error.
+refuse_busy_port() {
+  if port_open "$1"; then
+    die "port $1 ($2) is already in use by another process; stop it or override the port (see infra/env.sh)"
+  fi
+}
+
+# run_as_service_user COMMAND...: PostgreSQL refuses to run as root; use the 'postgres' account then.
+run_as_service_user() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make test`: format check, the stack (started only if it is not running, and then stopped
+# again), clippy with -D warnings, and every test in the workspace against the real components.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here/.."
+# shellcheck source=infra/env.sh
+source infra/env.sh
+# shellcheck source=infra/lib.sh
+source infra/lib.sh
+COMPONENT=test
+
+step() { say "== $* =="; }
+t0=$SECONDS
+
+step "prerequisites"
+infra/deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+# Start (or reuse) the stack in the background while clippy compiles: on a cold machine both
+# take minutes, and most of the stack's time is spent waiting on builds and downloads.
+mkdir -p "$EDA_RUN_DIR"
+started_file="$EDA_RUN_DIR/started-by-test"
+: >"$started_file"
+stack_log="$EDA_RUN_DIR/stack-up.log"
+stop_started() {
+  local started; started=$(tr '\n' ' ' <"$started_file" 2>/dev/null || true)
+  if [ -n "${started// /}" ]; then
+    say "stopping what this run started: $started"
+    # shellcheck disable=SC2086
+    infra/stack.sh down $started || true
+  fi
+  rm -f "$started_file"
+}
+trap stop_started EXIT
+step "stack up (log: $stack_log)"
+EDA_STARTED_FILE="$started_file" infra/stack.sh up >"$stack_log" 2>&1 &
+stack_pid=$!
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+clippy_rc=0
+cargo clippy --workspace --all-targets -- -D warnings || clippy_rc=$?
+
+stack_rc=0
+wait "$stack_pid" || stack_rc=$?
+cat "$stack_log" >&2
+[ "$stack_rc" -eq 0 ] || die "the stack did not come up (see above; infra/stack.sh logs)"
+[ "$clippy_rc" -eq 0 ] || die "clippy found problems (see above)"
+infra/stack.sh status
+
+step "cargo test --workspace"
+cargo test --workspace --no-fail-fast
+
+say "all checks passed in $((SECONDS - t0))s"
