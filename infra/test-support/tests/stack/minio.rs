@@ -1,6 +1,6 @@
 use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
-use eda_infra_smoke::{Stack, unique};
+use eda_test_support::{Stack, unique};
 
 fn client(stack: &Stack) -> aws_sdk_s3::Client {
     let config = aws_sdk_s3::Config::builder()

@@ -1,4 +1,4 @@
-use eda_infra_smoke::{Stack, unique};
+use eda_test_support::{Stack, unique};
 use serde_json::{Value, json};
 
 #[tokio::test]

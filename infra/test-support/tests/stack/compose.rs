@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
-use eda_infra_smoke::workspace_root;
+use eda_test_support::workspace_root;
 use serde_yaml_ng::Value;
 
 /// `: "${NAME:=VALUE}"` lines of infra/env.sh whose value is a literal (no `$`).

@@ -1,49 +1,20 @@
 use std::time::Duration;
 
-use eda_infra_smoke::{Stack, unique};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use eda_test_support::{Stack, create_topic, kafka_config, unique};
+use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, Message};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn client_config(stack: &Stack) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &stack.kafka_bootstrap_servers);
-    config
-}
-
-async fn create_topic(stack: &Stack, partitions: i32) -> String {
-    let topic = unique("smoke");
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(stack).create().expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
-        )
-        .await
-        .expect("create_topics request");
-    for result in results {
-        result.expect("topic created");
-    }
-    topic
-}
 
 #[tokio::test]
 async fn a_message_with_headers_round_trips() {
     let stack = Stack::from_env();
     let topic = create_topic(&stack, 3).await;
-    let producer: FutureProducer = client_config(&stack)
+    let producer: FutureProducer = kafka_config(&stack)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "zstd")
@@ -77,7 +48,7 @@ async fn a_message_with_headers_round_trips() {
         .map_err(|(err, _)| err)
         .expect("delivered");
 
-    let consumer: StreamConsumer = client_config(&stack)
+    let consumer: StreamConsumer = kafka_config(&stack)
         .set("group.id", unique("smoke-group"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -121,7 +92,7 @@ async fn a_message_with_headers_round_trips() {
 #[tokio::test]
 async fn project_topics_exist_with_six_partitions() {
     let stack = Stack::from_env();
-    let consumer: StreamConsumer = client_config(&stack).create().expect("client");
+    let consumer: StreamConsumer = kafka_config(&stack).create().expect("client");
     let metadata = consumer.fetch_metadata(None, TIMEOUT).expect("metadata");
     for name in [
         "order.events",
@@ -142,7 +113,7 @@ async fn project_topics_exist_with_six_partitions() {
 async fn topics_are_not_auto_created() {
     let stack = Stack::from_env();
     let topic = unique("smoke-never-created");
-    let producer: FutureProducer = client_config(&stack)
+    let producer: FutureProducer = kafka_config(&stack)
         .set("message.timeout.ms", "3000")
         .create()
         .expect("producer");
@@ -165,7 +136,7 @@ async fn topics_are_not_auto_created() {
         "unexpected error: {:?}",
         err.0
     );
-    let consumer: StreamConsumer = client_config(&stack).create().expect("client");
+    let consumer: StreamConsumer = kafka_config(&stack).create().expect("client");
     let metadata = consumer.fetch_metadata(None, TIMEOUT).expect("metadata");
     assert!(
         !metadata.topics().iter().any(|t| t.name() == topic),
@@ -178,7 +149,7 @@ async fn broker_rejects_messages_over_its_default_size_limit() {
     // message.max.bytes stays at Kafka's default (about 1 MiB) so the large-payload pitfall is real.
     let stack = Stack::from_env();
     let topic = create_topic(&stack, 1).await;
-    let producer: FutureProducer = client_config(&stack)
+    let producer: FutureProducer = kafka_config(&stack)
         // let the client send it, so the broker is the one that says no
         .set("message.max.bytes", "10000000")
         .set("compression.type", "none")

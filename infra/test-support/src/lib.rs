@@ -1,0 +1,284 @@
+//! What the workspace's tests share, and the stack's smoke tests.
+//!
+//! The library gives tests the stack's settings ([`Stack`], read from the same environment
+//! variables `infra/stack.sh env` exports, defaulting to the native stack) and isolation:
+//! a fresh database per test ([`TempDatabase`]) and a fresh topic per test ([`create_topic`]), so
+//! tests run in parallel against one stack.
+//!
+//! `tests/stack/` proves, from Rust and with the libraries the services use, that each real
+//! component works as the project expects (logical WAL in PostgreSQL, no topic auto-creation in
+//! Kafka, the Debezium plugin in Connect, the claim-check bucket in MinIO), and checks
+//! `docker-compose.yml` statically against `infra/env.sh`, since no Docker engine runs here.
+
+use std::env;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+/// Where the stack's components listen, read from the environment (see `infra/env.sh`).
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// A superuser connection to the `postgres` database, used to create per-test databases.
+    pub database_admin_url: String,
+    /// Kafka bootstrap servers.
+    pub kafka_bootstrap_servers: String,
+    /// Kafka Connect REST base URL.
+    pub kafka_connect_url: String,
+    /// S3 API of MinIO.
+    pub s3_endpoint: String,
+    /// Bucket created at start for claim-check payloads.
+    pub s3_bucket: String,
+    /// Region used for request signing (MinIO accepts any; the SDK requires one).
+    pub aws_region: String,
+    /// MinIO access key.
+    pub s3_access_key: String,
+    /// MinIO secret key.
+    pub s3_secret_key: String,
+    /// PostgreSQL port, as the native stack publishes it (Debezium's config needs host and port).
+    pub pg_port: u16,
+    /// PostgreSQL superuser name.
+    pub pg_user: String,
+    /// PostgreSQL superuser password.
+    pub pg_password: String,
+}
+
+fn var(name: &str, default: &str) -> String {
+    env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+impl Stack {
+    /// Reads the settings, defaulting to the native stack's ports and credentials.
+    ///
+    /// # Panics
+    /// When `PG_PORT` is set to something that is not a port number: a misconfigured run should
+    /// stop at once, not test the wrong server.
+    pub fn from_env() -> Self {
+        let pg_port = var("PG_PORT", "5432");
+        let pg_user = var("PG_USER", "eda");
+        let pg_password = var("PG_PASSWORD", "eda");
+        Self {
+            database_admin_url: var(
+                "DATABASE_ADMIN_URL",
+                &format!("postgres://{pg_user}:{pg_password}@127.0.0.1:{pg_port}/postgres"),
+            ),
+            kafka_bootstrap_servers: var("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            kafka_connect_url: var("KAFKA_CONNECT_URL", "http://127.0.0.1:8083"),
+            s3_endpoint: var("S3_ENDPOINT", "http://127.0.0.1:9000"),
+            s3_bucket: var("S3_BUCKET", "eda-claim-checks"),
+            aws_region: var("AWS_REGION", "us-east-1"),
+            s3_access_key: var("MINIO_ROOT_USER", "minioadmin"),
+            s3_secret_key: var("MINIO_ROOT_PASSWORD", "minioadmin"),
+            pg_port: pg_port
+                .parse()
+                .unwrap_or_else(|_| panic!("PG_PORT={pg_port:?} is not a port number")),
+            pg_user,
+            pg_password,
+        }
+    }
+
+    /// The admin URL with another database name, for a database a test created.
+    pub fn database_url(&self, database: &str) -> String {
+        match self.database_admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{database}"),
+            None => self.database_admin_url.clone(),
+        }
+    }
+}
+
+/// A database created for one test and dropped (with `FORCE`) when the value is dropped.
+#[derive(Debug)]
+pub struct TempDatabase {
+    admin_url: String,
+    /// The database's name.
+    pub name: String,
+    /// A connection URL for it.
+    pub url: String,
+}
+
+impl TempDatabase {
+    /// Creates an empty database with a unique name.
+    ///
+    /// # Panics
+    /// When PostgreSQL is unreachable: the message says how to start the stack.
+    pub async fn create(stack: &Stack) -> Self {
+        let name = unique("test");
+        let mut admin = PgConnection::connect(&stack.database_admin_url)
+            .await
+            .expect("connect to PostgreSQL (is the stack up? `make infra-up`)");
+        // `name` comes from `unique`: [a-z0-9_] only.
+        sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        Self {
+            admin_url: stack.database_admin_url.clone(),
+            url: stack.database_url(&name),
+            name,
+        }
+    }
+
+    /// A pool on the database.
+    ///
+    /// # Panics
+    /// When the database cannot be reached.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect(&self.url)
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside or outside a runtime: a short-lived thread and runtime do the work.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&url).await {
+                    let _ = sqlx::query(AssertSqlSafe(format!(
+                        r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A `ClientConfig` with the stack's bootstrap servers.
+pub fn kafka_config(stack: &Stack) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &stack.kafka_bootstrap_servers);
+    config
+}
+
+/// Creates a topic with a unique name (auto-creation is off on the broker) and returns the name.
+///
+/// # Panics
+/// When the broker refuses or is unreachable.
+pub async fn create_topic(stack: &Stack, partitions: i32) -> String {
+    let topic = unique("test");
+    let admin: AdminClient<DefaultClientContext> =
+        kafka_config(stack).create().expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics request (is Kafka up? `make infra-up`)");
+    for result in results {
+        result.expect("topic created");
+    }
+    topic
+}
+
+/// Reads `topic` from the beginning with a fresh consumer group until `expected` messages
+/// arrived, then keeps reading for `settle` to catch duplicates, and returns everything read.
+///
+/// # Panics
+/// When fewer than `expected` messages arrive within `timeout`.
+pub async fn consume_all(
+    stack: &Stack,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = kafka_config(stack)
+        .set("group.id", unique("test-group"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while messages.len() < expected {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => messages.push(message.detach()),
+            Ok(Err(err)) => panic!("consuming {topic}: {err}"),
+            Err(_) => panic!(
+                "only {} of {expected} messages arrived on {topic} within {timeout:?}",
+                messages.len()
+            ),
+        }
+    }
+    let settle_until = tokio::time::Instant::now() + settle;
+    while let Ok(Ok(message)) = tokio::time::timeout_at(settle_until, consumer.recv()).await {
+        messages.push(message.detach());
+    }
+    messages
+}
+
+/// The value of header `name` as a string, if present.
+pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+}
+
+/// A name no other test run uses: tests isolate themselves by database, topic, group and key.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The workspace's root directory (where `docker-compose.yml` and `infra/` live).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the workspace root exists")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_swaps_only_the_database_name() {
+        let stack = Stack {
+            database_admin_url: "postgres://u:p@h:1/postgres".into(),
+            ..Stack::from_env()
+        };
+        assert_eq!(stack.database_url("x_1"), "postgres://u:p@h:1/x_1");
+    }
+
+    #[test]
+    fn unique_names_differ_and_keep_the_prefix() {
+        let (a, b) = (unique("smoke"), unique("smoke"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("smoke_"));
+    }
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        assert!(workspace_root().join("Cargo.toml").is_file());
+        assert!(workspace_root().join("infra/env.sh").is_file());
+    }
+}
