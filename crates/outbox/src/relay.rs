@@ -1,0 +1,357 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::headers::CONTRACT_HEADERS;
+use crate::metrics::RelayMetrics;
+use crate::{Error, Result};
+
+/// How the relay behaves. [`Default`] suits a service; every field says why it exists.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows read and produced per round trip. Bigger batches drain faster; each batch waits for
+    /// its slowest delivery report.
+    pub batch_size: i64,
+    /// Fallback poll when no notification arrives (notifications are lost while the listener
+    /// reconnects, and rows written by other tools may not notify).
+    pub poll_interval: Duration,
+    /// How often a standby relay tries to become the leader.
+    pub lock_retry_interval: Duration,
+    /// First pause after a failed batch; doubles up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest pause between retries while Kafka or the database is down.
+    pub backoff_max: Duration,
+    /// Published rows are kept this long (for audits and replays), then deleted.
+    pub retention: Duration,
+    /// How often the leader deletes expired published rows.
+    pub cleanup_interval: Duration,
+    /// PostgreSQL advisory lock key that elects the single active relay of a database.
+    pub lock_key: i64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+            lock_retry_interval: Duration::from_secs(2),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            retention: Duration::from_secs(3600),
+            cleanup_interval: Duration::from_secs(60),
+            // "eda_outb" in ASCII: any constant works as long as every relay of a database agrees.
+            lock_key: 0x6564_615f_6f75_7462,
+        }
+    }
+}
+
+/// Producer settings the relay's guarantees depend on; [`Relay::new`] sets those the caller did
+/// not. Compression is broker-level `lz4` unless the caller chose another codec.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    // No duplicates from the producer's own retries, and per-partition order kept across them.
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    // A failed message fails every later message of its partition instead of leaving a gap:
+    // what reaches Kafka is always a prefix of the outbox order.
+    ("enable.gapless.guarantee", "true"),
+    ("compression.type", "lz4"),
+    ("linger.ms", "5"),
+    // How long one delivery may take before the batch counts as failed and is retried.
+    ("message.timeout.ms", "30000"),
+];
+
+/// One outbox row, as the relay reads it.
+#[derive(Debug)]
+struct PendingRow {
+    id: i64,
+    topic: String,
+    key: String,
+    payload: String,
+    /// Values of [`CONTRACT_HEADERS`], same order; `None` for unset optional headers.
+    headers: Vec<Option<String>>,
+}
+
+/// Publishes committed outbox rows to Kafka, in `id` order, then marks them published.
+///
+/// # Gap safety
+/// Transactions commit out of `id` order: a poller that remembers "the last id I published"
+/// skips a row whose transaction took a lower id but committed later. This relay keeps no
+/// cursor: every round reads *all* unpublished rows (`published_at IS NULL`, a small partial
+/// index), so a late committer is simply picked up by the next round.
+///
+/// # One leader
+/// Several replicas may run a relay; a session-level PostgreSQL advisory lock lets exactly one
+/// publish. The lock lives on the connection that also reads and marks rows, so a leader whose
+/// connection dies can neither keep the lock nor mark anything: a standby takes over within
+/// `lock_retry_interval` and republishes what was sent but not marked (at-least-once).
+#[derive(Debug)]
+pub struct Relay {
+    pool: PgPool,
+    kafka: ClientConfig,
+    config: RelayConfig,
+    metrics: Arc<RelayMetrics>,
+    select_sql: String,
+}
+
+enum Round {
+    /// Published a batch; there may be more.
+    Published,
+    /// Nothing pending.
+    Idle,
+}
+
+impl Relay {
+    /// A relay reading `pool`'s outbox table and producing with `kafka` (at least
+    /// `bootstrap.servers`; [`PRODUCER_DEFAULTS`] fill the rest).
+    pub fn new(pool: PgPool, mut kafka: ClientConfig, config: RelayConfig) -> Self {
+        for (key, value) in PRODUCER_DEFAULTS {
+            if kafka.get(key).is_none() {
+                kafka.set(*key, *value);
+            }
+        }
+        let columns: Vec<String> = CONTRACT_HEADERS
+            .iter()
+            .map(|(_, column, _)| format!("{column}::text"))
+            .collect();
+        let select_sql = format!(
+            "SELECT id, topic, aggregate_id AS key, payload, {} FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            columns.join(", ")
+        );
+        Self {
+            pool,
+            kafka,
+            config,
+            metrics: Arc::new(RelayMetrics::default()),
+            select_sql,
+        }
+    }
+
+    /// Counters to expose on the service's `/metrics` (see [`RelayMetrics::render`]).
+    pub fn metrics(&self) -> Arc<RelayMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Runs until `shutdown` is cancelled. A batch in flight is finished (delivery reports
+    /// awaited, rows marked) before returning, so a clean stop republishes nothing.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = self.config.backoff_initial;
+        while !shutdown.is_cancelled() {
+            match self.lead(&shutdown).await {
+                Ok(()) => backoff = self.config.backoff_initial,
+                Err(err) => {
+                    self.metrics.set_leader(false);
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "outbox relay lost its leadership or connection; retrying");
+                    sleep_or_cancel(backoff, &shutdown).await;
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+        self.metrics.set_leader(false);
+        tracing::info!("outbox relay stopped");
+    }
+
+    /// Waits for the advisory lock, then publishes until shutdown or a database error.
+    async fn lead(&self, shutdown: &CancellationToken) -> Result<()> {
+        let mut conn = self.pool.acquire().await?.detach();
+        loop {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(self.config.lock_key)
+                .fetch_one(&mut conn)
+                .await?;
+            if locked {
+                break;
+            }
+            if sleep_or_cancel(self.config.lock_retry_interval, shutdown).await {
+                return Ok(());
+            }
+        }
+        self.metrics.set_leader(true);
+        tracing::info!("outbox relay is the leader");
+        let result = self.publish_while_leader(&mut conn, shutdown).await;
+        self.metrics.set_leader(false);
+        // Closing the session releases the lock; a standby takes over.
+        let _ = conn.close().await;
+        result
+    }
+
+    async fn publish_while_leader(
+        &self,
+        conn: &mut PgConnection,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen("eda_outbox").await?;
+        let mut producer: FutureProducer = self.kafka.create()?;
+        let mut backoff = self.config.backoff_initial;
+        let mut next_cleanup = tokio::time::Instant::now();
+
+        while !shutdown.is_cancelled() {
+            match self.publish_round(conn, &producer).await {
+                Ok(Round::Published) => {
+                    backoff = self.config.backoff_initial;
+                    continue; // drain: there may be more
+                }
+                Ok(Round::Idle) => backoff = self.config.backoff_initial,
+                Err(Error::Kafka(err)) => {
+                    // Kafka is down or refused the batch. A fresh producer resets the state the
+                    // gapless guarantee may have made fatal; rows stay pending and keep their order.
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "outbox publish failed; will retry");
+                    if sleep_or_cancel(backoff, shutdown).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                    producer = self.kafka.create()?;
+                    continue;
+                }
+                Err(other) => return Err(other),
+            }
+
+            if tokio::time::Instant::now() >= next_cleanup {
+                self.cleanup(conn).await?;
+                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+            }
+
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                notification = listener.recv() => {
+                    if let Err(err) = notification {
+                        tracing::debug!(error = %err, "outbox listener interrupted; polling");
+                    }
+                }
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+        let _ = producer.flush(Duration::from_secs(5));
+        Ok(())
+    }
+
+    /// Reads one batch, produces it, waits for every delivery report, marks what was delivered.
+    #[tracing::instrument(name = "outbox relay batch", skip_all, fields(rows, published))]
+    async fn publish_round(
+        &self,
+        conn: &mut PgConnection,
+        producer: &FutureProducer,
+    ) -> Result<Round> {
+        let rows: Vec<PendingRow> = sqlx::query(sqlx::AssertSqlSafe(self.select_sql.as_str()))
+            .bind(self.config.batch_size)
+            .try_map(|row: PgRow| {
+                let headers = (0..CONTRACT_HEADERS.len())
+                    .map(|i| row.try_get::<Option<String>, _>(4 + i))
+                    .collect::<Result<_, _>>()?;
+                Ok(PendingRow {
+                    id: row.try_get("id")?,
+                    topic: row.try_get("topic")?,
+                    key: row.try_get("key")?,
+                    payload: row.try_get("payload")?,
+                    headers,
+                })
+            })
+            .fetch_all(&mut *conn)
+            .await?;
+        tracing::Span::current().record("rows", rows.len());
+        if rows.is_empty() {
+            return Ok(Round::Idle);
+        }
+
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            deliveries.push(enqueue_record(producer, row).await);
+        }
+        let mut delivered = Vec::with_capacity(rows.len());
+        let mut first_error = None;
+        for (row, delivery) in rows.iter().zip(deliveries) {
+            let outcome = match delivery {
+                Ok(future) => match future.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((err, _))) => Err(err),
+                    Err(_canceled) => Err(KafkaError::Canceled),
+                },
+                Err(err) => Err(err),
+            };
+            match outcome {
+                Ok(()) => delivered.push(row.id),
+                Err(err) => {
+                    self.metrics.add_errors(1);
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+
+        if !delivered.is_empty() {
+            sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+                .bind(&delivered)
+                .execute(&mut *conn)
+                .await?;
+            self.metrics.add_published(delivered.len() as u64);
+        }
+        tracing::Span::current().record("published", delivered.len());
+        match first_error {
+            Some(err) => Err(Error::Kafka(err)),
+            None => Ok(Round::Published),
+        }
+    }
+
+    /// Deletes published rows older than the retention, in bounded chunks.
+    async fn cleanup(&self, conn: &mut PgConnection) -> Result<()> {
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+                 WHERE published_at < now() - make_interval(secs => $1) LIMIT 10000)",
+            )
+            .bind(self.config.retention.as_secs_f64())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if deleted > 0 {
+                tracing::debug!(deleted, "outbox clean-up");
+            }
+            if deleted < 10_000 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Hands one row to the producer's queue, waiting while the local queue is full.
+async fn enqueue_record(
+    producer: &FutureProducer,
+    row: &PendingRow,
+) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+    loop {
+        let mut headers = OwnedHeaders::new_with_capacity(CONTRACT_HEADERS.len());
+        for ((name, _, _), value) in CONTRACT_HEADERS.iter().zip(&row.headers) {
+            if let Some(value) = value {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_str()),
+                });
+            }
+        }
+        let record = FutureRecord::to(&row.topic)
+            .key(&row.key)
+            .payload(&row.payload)
+            .headers(headers);
+        match producer.send_result(record) {
+            Ok(future) => return Ok(future),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((err, _)) => return Err(err),
+        }
+    }
+}
+
+/// Sleeps, or returns `true` early when shutdown is requested.
+async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(duration) => false,
+    }
+}

@@ -1,0 +1,339 @@
+//! The relay against the real PostgreSQL and Kafka: atomicity with the caller's transaction,
+//! the message contract, gap safety, leadership and per-aggregate order.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use eda_outbox::{OutboxEvent, Relay, RelayConfig, enqueue, migrate};
+use eda_test_support::{Stack, TempDatabase, consume_all, create_topic, header, kafka_config};
+use rdkafka::Message;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn setup() -> (Stack, TempDatabase, PgPool, String) {
+    let stack = Stack::from_env();
+    let db = TempDatabase::create(&stack).await;
+    let pool = db.pool().await;
+    migrate(&pool).await.expect("outbox migrations");
+    let topic = create_topic(&stack, 3).await;
+    (stack, db, pool, topic)
+}
+
+fn fast_config() -> RelayConfig {
+    RelayConfig {
+        poll_interval: Duration::from_millis(200),
+        lock_retry_interval: Duration::from_millis(200),
+        ..RelayConfig::default()
+    }
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+    metrics: std::sync::Arc<eda_outbox::RelayMetrics>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("relay stops in bounded time")
+            .unwrap();
+    }
+}
+
+fn spawn_relay(stack: &Stack, pool: &PgPool, config: RelayConfig) -> Running {
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(pool.clone(), kafka_config(stack), config);
+    let metrics = relay.metrics();
+    let handle = tokio::spawn(relay.run(shutdown.clone()));
+    Running {
+        shutdown,
+        handle,
+        metrics,
+    }
+}
+
+fn event(topic: &str, aggregate: &str, revision: i64) -> OutboxEvent {
+    OutboxEvent::json(
+        topic,
+        "Order",
+        aggregate,
+        "OrderPlaced",
+        revision,
+        &serde_json::json!({"order": aggregate, "revision": revision}),
+    )
+    .unwrap()
+}
+
+async fn pending(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn wait_until_published(pool: &PgPool, event_id: uuid::Uuid) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let published: Option<bool> =
+            sqlx::query_scalar("SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_optional(pool)
+                .await
+                .unwrap();
+        if published == Some(true) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "event {event_id} not published within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_event_exists_only_if_its_transaction_commits() {
+    let (stack, _db, pool, topic) = setup().await;
+
+    let mut tx = pool.begin().await.unwrap();
+    enqueue(&mut tx, &event(&topic, "rolled-back", 1))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    let committed = event(&topic, "committed", 1)
+        .with_header("request-id", "req-1")
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    enqueue(&mut tx, &committed).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = spawn_relay(&stack, &pool, fast_config());
+    let messages = consume_all(&stack, &topic, 1, WAIT, Duration::from_secs(2)).await;
+    relay.stop().await;
+
+    assert_eq!(messages.len(), 1, "only the committed event is published");
+    let message = &messages[0];
+    assert_eq!(message.key(), Some("committed".as_bytes()));
+    assert_eq!(
+        message.payload_view::<str>().unwrap().unwrap(),
+        committed.payload()
+    );
+    assert_eq!(
+        header(message, "event-id"),
+        Some(committed.event_id().to_string())
+    );
+    assert_eq!(
+        header(message, "event-type").as_deref(),
+        Some("OrderPlaced")
+    );
+    assert_eq!(header(message, "aggregate-type").as_deref(), Some("Order"));
+    assert_eq!(
+        header(message, "aggregate-id").as_deref(),
+        Some("committed")
+    );
+    assert_eq!(header(message, "revision").as_deref(), Some("1"));
+    assert_eq!(
+        header(message, "content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(header(message, "schema-version").as_deref(), Some("1"));
+    assert_eq!(header(message, "request-id").as_deref(), Some("req-1"));
+    assert!(header(message, "occurred-at").is_some());
+    assert_eq!(
+        header(message, "traceparent"),
+        None,
+        "unset optional headers are absent, not empty"
+    );
+    assert_eq!(pending(&pool).await, 0);
+}
+
+#[tokio::test]
+async fn a_row_committed_late_with_a_lower_id_is_not_skipped() {
+    let (stack, _db, pool, topic) = setup().await;
+    let relay = spawn_relay(&stack, &pool, fast_config());
+
+    // tx1 takes the lower id but commits last: the classic gap of cursor-based pollers.
+    let early = event(&topic, "a", 1);
+    let mut tx1 = pool.begin().await.unwrap();
+    enqueue(&mut tx1, &early).await.unwrap();
+
+    let late = event(&topic, "b", 1);
+    let mut tx2 = pool.begin().await.unwrap();
+    enqueue(&mut tx2, &late).await.unwrap();
+    tx2.commit().await.unwrap();
+    wait_until_published(&pool, late.event_id()).await;
+
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids.len(),
+        1,
+        "tx1 is still open, so only tx2's row is visible"
+    );
+
+    tx1.commit().await.unwrap();
+    wait_until_published(&pool, early.event_id()).await;
+
+    let messages = consume_all(&stack, &topic, 2, WAIT, Duration::from_secs(1)).await;
+    relay.stop().await;
+    let got: HashSet<String> = messages
+        .iter()
+        .map(|m| header(m, "event-id").unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        HashSet::from([early.event_id().to_string(), late.event_id().to_string()])
+    );
+    assert_eq!(messages.len(), 2, "no duplicates");
+}
+
+#[tokio::test]
+async fn two_relays_publish_each_event_once_in_aggregate_order_and_fail_over() {
+    let (stack, _db, pool, topic) = setup().await;
+    let relay_a = spawn_relay(&stack, &pool, fast_config());
+    let relay_b = spawn_relay(&stack, &pool, fast_config());
+
+    // 20 aggregates x 15 revisions, written by concurrent writers, each aggregate in order.
+    let mut writers = Vec::new();
+    for a in 0..20 {
+        let (pool, topic) = (pool.clone(), topic.clone());
+        writers.push(tokio::spawn(async move {
+            for revision in 1..=15 {
+                let mut tx = pool.begin().await.unwrap();
+                enqueue(&mut tx, &event(&topic, &format!("agg-{a}"), revision))
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending(&pool).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog not drained"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Exactly one leads. Stop it: the other must take over.
+    assert!(
+        relay_a.metrics.is_leader() ^ relay_b.metrics.is_leader(),
+        "exactly one relay leads"
+    );
+    let (leader, standby) = if relay_a.metrics.is_leader() {
+        (relay_a, relay_b)
+    } else {
+        (relay_b, relay_a)
+    };
+    assert_eq!(
+        standby.metrics.published_total(),
+        0,
+        "the standby published nothing"
+    );
+    leader.stop().await;
+    let after = event(&topic, "agg-0", 16);
+    let mut tx = pool.begin().await.unwrap();
+    enqueue(&mut tx, &after).await.unwrap();
+    tx.commit().await.unwrap();
+    wait_until_published(&pool, after.event_id()).await;
+    assert!(standby.metrics.is_leader(), "the standby took over");
+    standby.stop().await;
+
+    let messages = consume_all(&stack, &topic, 301, WAIT, Duration::from_secs(2)).await;
+    assert_eq!(
+        messages.len(),
+        301,
+        "every event exactly once (no steady-state duplicates with two relays)"
+    );
+    let mut revisions: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for m in &messages {
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        revisions
+            .entry(key)
+            .or_default()
+            .push(header(m, "revision").unwrap().parse().unwrap());
+    }
+    for (key, revs) in &revisions {
+        let expected: Vec<i64> = (1..=revs.len() as i64).collect();
+        assert_eq!(revs, &expected, "revisions of {key} arrive in order");
+    }
+}
+
+#[tokio::test]
+async fn metrics_report_backlog_and_publications() {
+    let (stack, _db, pool, topic) = setup().await;
+    for i in 0..5 {
+        let mut tx = pool.begin().await.unwrap();
+        enqueue(&mut tx, &event(&topic, &format!("m-{i}"), 1))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let relay = Relay::new(pool.clone(), kafka_config(&stack), fast_config());
+    let metrics = relay.metrics();
+    let before = metrics.render(&pool).await.unwrap();
+    assert!(before.contains("outbox_pending_rows 5"), "{before}");
+    assert!(before.contains("outbox_relay_leader 0"), "{before}");
+
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(relay.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metrics.published_total() < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "not published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = metrics.render(&pool).await.unwrap();
+    shutdown.cancel();
+    handle.await.unwrap();
+    assert!(after.contains("outbox_pending_rows 0"), "{after}");
+    assert!(
+        after.contains("outbox_oldest_pending_age_seconds 0"),
+        "{after}"
+    );
+    assert!(after.contains("outbox_published_total 5"), "{after}");
+    assert!(after.contains("outbox_relay_leader 1"), "{after}");
+}
+
+#[tokio::test]
+async fn published_rows_are_cleaned_up_after_the_retention() {
+    let (stack, _db, pool, topic) = setup().await;
+    let config = RelayConfig {
+        retention: Duration::ZERO,
+        cleanup_interval: Duration::from_millis(100),
+        ..fast_config()
+    };
+    let e = event(&topic, "c", 1);
+    let mut tx = pool.begin().await.unwrap();
+    enqueue(&mut tx, &e).await.unwrap();
+    tx.commit().await.unwrap();
+    let relay = spawn_relay(&stack, &pool, config);
+    consume_all(&stack, &topic, 1, WAIT, Duration::ZERO).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if rows == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "published row not cleaned up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.stop().await;
+}
