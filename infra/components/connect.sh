@@ -13,7 +13,7 @@ connect_install() {
 }
 
 connect_running() { pid_alive "$CONNECT_PID"; }
-connect_plugins_loaded() { curl -fsS --max-time 2 "$KAFKA_CONNECT_URL/connector-plugins" 2>/dev/null | grep -q PostgresConnector; }
+connect_plugins_loaded() { [[ "$(curl -fsS --max-time 2 "$KAFKA_CONNECT_URL/connector-plugins" 2>/dev/null)" == *PostgresConnector* ]]; }
 connect_healthy() { connect_running && connect_plugins_loaded; }
 
 connect_start() {

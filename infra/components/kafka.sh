@@ -92,7 +92,9 @@ kafka_start() {
 
 # The port opens before the broker has joined the quorum; wait for this start's "started" line.
 kafka_broker_ready() {
-  port_open "$KAFKA_PORT" && tail -n "+${KAFKA_LOG_FROM:-1}" "$KAFKA_LOG" | grep -q "Kafka Server started"
+  # awk reads the file itself: `tail | grep -q` would fail under pipefail when grep exits early.
+  port_open "$KAFKA_PORT" && awk -v from="${KAFKA_LOG_FROM:-1}" \
+    'NR >= from && /Kafka Server started/ { found = 1; exit } END { exit !found }' "$KAFKA_LOG"
 }
 
 kafka_create_topics() {

@@ -132,6 +132,34 @@ impl OutboxEvent {
     pub fn payload(&self) -> &str {
         &self.payload
     }
+
+    /// The message headers, in the order the relay writes them: what a consumer will see.
+    /// (For code that must publish without the outbox, such as a naive baseline.)
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let revision = self.revision.to_string();
+        let event_id = self.event_id.to_string();
+        crate::headers::CONTRACT_HEADERS
+            .iter()
+            .filter_map(|(name, column, _)| {
+                let value = match *column {
+                    "event_id" => Some(event_id.as_str()),
+                    "event_type" => Some(self.event_type.as_str()),
+                    "aggregate_type" => Some(self.aggregate_type.as_str()),
+                    "aggregate_id" => Some(self.aggregate_id.as_str()),
+                    "revision" => Some(revision.as_str()),
+                    "occurred_at" => Some(self.occurred_at.as_str()),
+                    "content_type" => Some(self.content_type.as_str()),
+                    "schema_version" => Some(self.schema_version.as_str()),
+                    optional => self
+                        .optional_headers
+                        .iter()
+                        .find(|(c, _)| *c == optional)
+                        .map(|(_, v)| v.as_str()),
+                };
+                value.map(|v| (*name, v.to_owned()))
+            })
+            .collect()
+    }
 }
 
 /// Writes `event` to the outbox inside the caller's transaction (pass `&mut *tx`).
@@ -192,6 +220,27 @@ mod tests {
         assert_eq!(e.event_id().get_version_num(), 7);
         assert!(e.occurred_at.ends_with('Z'), "{}", e.occurred_at);
         chrono::DateTime::parse_from_rfc3339(&e.occurred_at).expect("RFC 3339");
+    }
+
+    #[test]
+    fn headers_follow_the_contract_order_and_skip_unset_ones() {
+        let e = event().with_header("user-id", "alice").unwrap();
+        let names: Vec<&str> = e.headers().iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "event-id",
+                "event-type",
+                "aggregate-type",
+                "aggregate-id",
+                "revision",
+                "occurred-at",
+                "content-type",
+                "schema-version",
+                "user-id"
+            ]
+        );
+        assert_eq!(e.headers()[4].1, "1");
     }
 
     #[test]

@@ -1,0 +1,129 @@
+//! One error type for every handler, rendered as RFC 9457 problem details
+//! (`application/problem+json`). Internal errors are logged once, here, with their cause; the
+//! client sees a generic message and the request id to quote.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::domain::ValidationError;
+
+/// What a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request (bad JSON, bad path or query, bad header).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or invalid bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Well-formed request with invalid values.
+    #[error("the request has invalid fields")]
+    Validation(Vec<ValidationError>),
+    /// Not there, or not the caller's (the two are indistinguishable on purpose).
+    #[error("order not found")]
+    NotFound,
+    /// The order's state does not allow the operation.
+    #[error("{0}")]
+    Conflict(String),
+    /// An Idempotency-Key reused for a different request.
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// Body over the size limit.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// Body not JSON.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// A dependency is down (readiness).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else: a bug or an infrastructure failure.
+    #[error(transparent)]
+    Internal(#[from] anyhow_like::Internal),
+}
+
+/// A boxed internal error without pulling in `anyhow`.
+pub mod anyhow_like {
+    /// Wraps any error as an internal one.
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    pub struct Internal(pub Box<dyn std::error::Error + Send + Sync>);
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Internal(anyhow_like::Internal(Box::new(err)))
+    }
+}
+
+impl From<eda_outbox::Error> for ApiError {
+    fn from(err: eda_outbox::Error) -> Self {
+        Self::Internal(anyhow_like::Internal(Box::new(err)))
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [ValidationError]>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, title) = match &self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid order"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "Not found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key reused")
+            }
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type")
+            }
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+        };
+        let detail = match &self {
+            Self::Internal(err) => {
+                tracing::error!(error = %err, "request failed");
+                "the server failed to handle the request; quote the x-request-id when reporting it"
+                    .to_owned()
+            }
+            other => {
+                tracing::debug!(status = status.as_u16(), detail = %other, "request refused");
+                other.to_string()
+            }
+        };
+        let errors = match &self {
+            Self::Validation(errors) => Some(errors.as_slice()),
+            _ => None,
+        };
+        let body = Problem {
+            kind: "about:blank",
+            title,
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

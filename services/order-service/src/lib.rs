@@ -1,0 +1,22 @@
+//! order-service: the orders HTTP API of the eda-pitfalls reference system.
+//!
+//! Every state change writes the order row (with its `revision`) and its event in ONE
+//! transaction through [`eda_outbox`]; the relay (in this process, or Debezium) publishes to
+//! `order.events` afterwards. `PUBLISH_MODE=direct` switches to the naive "commit, then
+//! produce" code on purpose, to demonstrate pitfall 1.
+//!
+//! # Layout
+//! - [`configuration`]: settings from environment variables.
+//! - [`startup`]: builds the application (pool, migrations, Kafka clients, relay, router) and
+//!   runs it until a shutdown signal.
+//! - [`routes`]: one module per resource, each exporting `router()`.
+//! - [`domain`]: validated types; [`auth`]: bearer tokens; [`error`]: problem+json responses.
+//! - [`publisher`]: the two ways an event leaves the service.
+
+pub mod auth;
+pub mod configuration;
+pub mod domain;
+pub mod error;
+pub mod publisher;
+pub mod routes;
+pub mod startup;

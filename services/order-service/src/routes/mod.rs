@@ -1,0 +1,27 @@
+//! HTTP routes, one module per resource.
+
+pub mod extract;
+pub mod health;
+pub mod metrics;
+pub mod openapi;
+pub mod orders;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tower_http::trace::TraceLayer;
+
+use crate::startup::AppState;
+
+pub use extract::JsonBody;
+
+/// The whole API.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .merge(orders::router())
+        .merge(health::router())
+        .merge(metrics::router())
+        .merge(openapi::router())
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

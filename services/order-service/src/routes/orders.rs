@@ -1,0 +1,437 @@
+//! `/orders`: place, read, list and cancel the caller's orders.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use eda_outbox::{OutboxEvent, enqueue};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::domain::{Customer, NewOrder, NewOrderRequest, OrderLine, OrderStatus};
+use crate::error::ApiError;
+use crate::routes::JsonBody;
+use crate::startup::AppState;
+
+/// The routes of this resource.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/orders", post(create_order).get(list_orders))
+        .route("/orders/{id}", get(get_order))
+        .route("/orders/{id}/cancel", post(cancel_order))
+}
+
+/// An order as the API returns it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OrderView {
+    id: Uuid,
+    status: OrderStatus,
+    revision: i64,
+    customer: Customer,
+    currency: String,
+    lines: Vec<OrderLine>,
+    total_cents: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// `OrderPlaced` event body.
+#[derive(Serialize)]
+struct OrderPlaced<'a> {
+    order_id: Uuid,
+    user_id: &'a str,
+    customer: &'a Customer,
+    currency: &'a str,
+    lines: &'a [OrderLine],
+    total_cents: i64,
+}
+
+/// `OrderCancelled` event body.
+#[derive(Serialize)]
+struct OrderCancelled<'a> {
+    order_id: Uuid,
+    user_id: &'a str,
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().map(str::trim).unwrap_or_default();
+    if key.is_empty() || key.len() > 128 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key must be 1 to 128 visible ASCII characters".to_owned(),
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("order id {id:?} is not a UUID")))
+}
+
+fn event(
+    state: &AppState,
+    order_id: Uuid,
+    event_type: &str,
+    revision: i64,
+    user: &AuthUser,
+    body: &impl Serialize,
+) -> Result<OutboxEvent, ApiError> {
+    Ok(OutboxEvent::json(
+        &state.topic,
+        "Order",
+        &order_id.to_string(),
+        event_type,
+        revision,
+        body,
+    )?
+    .with_header("user-id", user.user_id.clone())?)
+}
+
+/// Writes the event the way the configured mode says: into the outbox now (same
+/// transaction), or returned to be produced after commit (direct mode).
+async fn emit(
+    state: &AppState,
+    conn: &mut PgConnection,
+    event: OutboxEvent,
+) -> Result<Option<OutboxEvent>, ApiError> {
+    if state.direct.is_some() {
+        return Ok(Some(event));
+    }
+    enqueue(conn, &event).await?;
+    Ok(None)
+}
+
+fn after_commit(state: &AppState, pending: Option<OutboxEvent>) {
+    if let (Some(direct), Some(event)) = (&state.direct, pending) {
+        direct.publish_after_commit(&event);
+    }
+}
+
+#[tracing::instrument(skip_all, fields(user.id = %user.user_id, order.id))]
+async fn create_order(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<NewOrderRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let order = NewOrder::parse(request).map_err(ApiError::Validation)?;
+    let request_hash = hex(&Sha256::digest(
+        serde_json::to_vec(&(&order.customer, order.currency.as_str(), &order.lines))
+            .unwrap_or_default(),
+    ));
+
+    if let Some(key) = &key
+        && let Some(existing) = find_by_idempotency_key(&state, &user, key, &request_hash).await?
+    {
+        return Ok(created(existing, true));
+    }
+
+    let order_id = Uuid::now_v7();
+    tracing::Span::current().record("order.id", tracing::field::display(order_id));
+    let total = order.total_cents();
+    let mut tx = state.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, customer_name, customer_email, currency, status, total_cents, revision) \
+         VALUES ($1, $2, $3, $4, $5, 'PLACED', $6, 1)",
+    )
+    .bind(order_id)
+    .bind(&user.user_id)
+    .bind(&order.customer.name)
+    .bind(&order.customer.email)
+    .bind(order.currency.as_str())
+    .bind(total)
+    .execute(&mut *tx)
+    .await?;
+    let (skus, quantities, prices): (Vec<&str>, Vec<i32>, Vec<i64>) = order
+        .lines
+        .iter()
+        .map(|l| (l.sku.as_str(), l.quantity, l.unit_price_cents))
+        .fold((vec![], vec![], vec![]), |mut acc, (s, q, p)| {
+            acc.0.push(s);
+            acc.1.push(q);
+            acc.2.push(p);
+            acc
+        });
+    sqlx::query(
+        "INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_cents) \
+         SELECT $1, ord::int, sku, qty, price FROM unnest($2::text[], $3::int[], $4::bigint[]) WITH ORDINALITY AS t(sku, qty, price, ord)",
+    )
+    .bind(order_id)
+    .bind(&skus)
+    .bind(&quantities)
+    .bind(&prices)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(key) = &key {
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, order_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(&user.user_id)
+        .bind(key)
+        .bind(&request_hash)
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            // A concurrent request with the same key won the race: ours never happened.
+            tx.rollback().await?;
+            return match find_by_idempotency_key(&state, &user, key, &request_hash).await? {
+                Some(existing) => Ok(created(existing, true)),
+                None => Err(ApiError::Conflict(
+                    "a request with this Idempotency-Key is still in progress".to_owned(),
+                )),
+            };
+        }
+    }
+    let placed = OrderPlaced {
+        order_id,
+        user_id: &user.user_id,
+        customer: &order.customer,
+        currency: order.currency.as_str(),
+        lines: &order.lines,
+        total_cents: total,
+    };
+    let pending = emit(
+        &state,
+        &mut tx,
+        event(&state, order_id, "OrderPlaced", 1, &user, &placed)?,
+    )
+    .await?;
+    tx.commit().await?;
+    after_commit(&state, pending);
+
+    let view = load(&state, &user, order_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    tracing::info!(
+        total_cents = total,
+        lines = view.lines.len(),
+        "order placed"
+    );
+    Ok(created(view, false))
+}
+
+fn created(view: OrderView, replayed: bool) -> Response {
+    let location = HeaderValue::from_str(&format!("/orders/{}", view.id))
+        .unwrap_or_else(|_| HeaderValue::from_static("/orders"));
+    let mut response = (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+async fn find_by_idempotency_key(
+    state: &AppState,
+    user: &AuthUser,
+    key: &str,
+    request_hash: &str,
+) -> Result<Option<OrderView>, ApiError> {
+    let row = sqlx::query(
+        "SELECT request_hash, order_id FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+    )
+    .bind(&user.user_id)
+    .bind(key)
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    if row.get::<String, _>("request_hash") != request_hash {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    load(state, user, row.get("order_id")).await
+}
+
+/// Reads one of `user`'s orders.
+async fn load(state: &AppState, user: &AuthUser, id: Uuid) -> Result<Option<OrderView>, ApiError> {
+    let Some(row) = sqlx::query(
+        "SELECT id, status, revision, customer_name, customer_email, currency, total_cents, created_at, updated_at \
+         FROM orders WHERE id = $1 AND user_id = $2",
+    )
+    .bind(id)
+    .bind(&user.user_id)
+    .fetch_optional(&state.pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let lines = sqlx::query_as::<_, (String, i32, i64)>("SELECT sku, quantity, unit_price_cents FROM order_items WHERE order_id = $1 ORDER BY line_no")
+        .bind(id)
+        .fetch_all(&state.pool)
+        .await?
+        .into_iter()
+        .map(|(sku, quantity, unit_price_cents)| OrderLine { sku, quantity, unit_price_cents })
+        .collect();
+    Ok(Some(view_from_row(&row, lines)?))
+}
+
+fn view_from_row(
+    row: &sqlx::postgres::PgRow,
+    lines: Vec<OrderLine>,
+) -> Result<OrderView, ApiError> {
+    let status: String = row.get("status");
+    Ok(OrderView {
+        id: row.get("id"),
+        status: OrderStatus::parse(&status).ok_or_else(|| {
+            ApiError::Internal(crate::error::anyhow_like::Internal(
+                format!("unknown status {status}").into(),
+            ))
+        })?,
+        revision: row.get("revision"),
+        customer: Customer {
+            name: row.get("customer_name"),
+            email: row.get("customer_email"),
+        },
+        currency: row.get("currency"),
+        lines,
+        total_cents: row.get("total_cents"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+#[tracing::instrument(skip_all, fields(user.id = %user.user_id, order.id = %id))]
+async fn get_order(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = parse_id(&id)?;
+    load(&state, &user, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+/// Query of `GET /orders`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// A page of orders, newest first; pass `next_cursor` back as `cursor` for the next page.
+#[derive(Debug, Serialize)]
+struct OrderPage {
+    items: Vec<OrderView>,
+    next_cursor: Option<String>,
+}
+
+async fn list_orders(
+    State(state): State<AppState>,
+    user: AuthUser,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<OrderPage>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 100".to_owned(),
+        ));
+    }
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c)
+                .map_err(|_| ApiError::BadRequest("cursor is not one this API returned".to_owned()))
+        })
+        .transpose()?;
+    // Keyset paging on the UUIDv7 id (time-ordered): stable under concurrent inserts.
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM orders WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+    )
+    .bind(&user.user_id)
+    .bind(cursor)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let has_more = ids.len() as i64 > limit;
+    let mut items = Vec::with_capacity(ids.len());
+    for id in ids.into_iter().take(limit as usize) {
+        if let Some(view) = load(&state, &user, id).await? {
+            items.push(view);
+        }
+    }
+    let next_cursor = if has_more {
+        items.last().map(|o| o.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(OrderPage { items, next_cursor }))
+}
+
+#[tracing::instrument(skip_all, fields(user.id = %user.user_id, order.id = %id))]
+async fn cancel_order(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = parse_id(&id)?;
+    let mut tx = state.pool.begin().await?;
+    // The row lock serialises changes to one order, so outbox ids follow its revisions.
+    let row = sqlx::query(
+        "SELECT status, revision FROM orders WHERE id = $1 AND user_id = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(&user.user_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound)?;
+    let status = OrderStatus::parse(row.get("status"));
+    let revision: i64 = row.get("revision");
+    let pending = match status {
+        Some(OrderStatus::Cancelled) => None, // already done: cancelling twice changes nothing
+        Some(OrderStatus::Rejected) => {
+            return Err(ApiError::Conflict(
+                "a rejected order cannot be cancelled".to_owned(),
+            ));
+        }
+        _ => {
+            let revision = revision + 1;
+            sqlx::query("UPDATE orders SET status = 'CANCELLED', revision = $2, updated_at = now() WHERE id = $1")
+                .bind(id)
+                .bind(revision)
+                .execute(&mut *tx)
+                .await?;
+            let body = OrderCancelled {
+                order_id: id,
+                user_id: &user.user_id,
+            };
+            emit(
+                &state,
+                &mut tx,
+                event(&state, id, "OrderCancelled", revision, &user, &body)?,
+            )
+            .await?
+        }
+    };
+    tx.commit().await?;
+    after_commit(&state, pending);
+    load(&state, &user, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,216 @@
+//! Builds the application and runs it until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eda_outbox::{Relay, RelayConfig, RelayMetrics};
+use rdkafka::ClientConfig;
+use rdkafka::producer::BaseProducer;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::configuration::{DEV_JWT_SECRET, PublishMode, RelayMode, Settings};
+use crate::publisher::DirectPublisher;
+
+/// The service's own schema (orders, items, idempotency keys). The outbox table comes from
+/// `eda_outbox::migrate`, recorded in its own migrations table.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/order-service");
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Database pool.
+    pub pool: PgPool,
+    /// HS256 key for bearer tokens.
+    pub jwt_secret: Arc<str>,
+    /// Topic of order events.
+    pub topic: Arc<str>,
+    /// `Some` in `PUBLISH_MODE=direct`.
+    pub direct: Option<DirectPublisher>,
+    /// `Some` when the in-process relay runs.
+    pub relay_metrics: Option<Arc<RelayMetrics>>,
+    /// A Kafka client for readiness checks.
+    pub kafka_probe: Arc<BaseProducer>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The JWT secret is deliberately left out.
+        f.debug_struct("AppState")
+            .field("topic", &self.topic)
+            .field("direct", &self.direct.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Start-up failures, each naming what could not be reached or set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// PostgreSQL unreachable or refusing.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migrations failed: {0}")]
+    Migrations(String),
+    /// Kafka client configuration refused.
+    #[error("cannot create a Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Port taken or address invalid.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("HTTP server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A built, not yet running, order-service.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    relay: Option<Relay>,
+    settings: Settings,
+}
+
+impl Application {
+    /// Connects, migrates, creates the Kafka clients and binds the port.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        if settings.jwt_secret == DEV_JWT_SECRET {
+            tracing::warn!("JWT_SECRET is the development default; set your own outside a laptop");
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&settings.database_url)
+            .await
+            .map_err(StartupError::Database)?;
+        eda_outbox::migrate(&pool)
+            .await
+            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+
+        let mut kafka = ClientConfig::new();
+        kafka.set("bootstrap.servers", &settings.kafka_bootstrap_servers);
+        let kafka_probe = Arc::new(kafka.create::<BaseProducer>()?);
+
+        let direct = match settings.publish_mode {
+            PublishMode::Direct => Some(DirectPublisher::new(&settings.kafka_bootstrap_servers)?),
+            PublishMode::Outbox => None,
+        };
+        let relay = match (settings.publish_mode, settings.relay_mode) {
+            (PublishMode::Outbox, RelayMode::InProcess) => Some(Relay::new(
+                pool.clone(),
+                kafka,
+                RelayConfig {
+                    poll_interval: settings.relay_poll_interval,
+                    ..RelayConfig::default()
+                },
+            )),
+            _ => None,
+        };
+
+        let addr = SocketAddr::new(settings.http_host, settings.http_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let state = AppState {
+            pool,
+            jwt_secret: settings.jwt_secret.as_str().into(),
+            topic: settings.order_events_topic.as_str().into(),
+            direct,
+            relay_metrics: relay.as_ref().map(Relay::metrics),
+            kafka_probe,
+        };
+        Ok(Self {
+            listener,
+            state,
+            relay,
+            settings,
+        })
+    }
+
+    /// The bound port (useful with `HTTP_PORT=0`).
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` resolves, then drains HTTP requests, stops the relay after its
+    /// batch in flight, and flushes the direct producer, all within `SHUTDOWN_TIMEOUT_SECS`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self {
+            listener,
+            state,
+            relay,
+            settings,
+        } = self;
+        let workers = CancellationToken::new();
+        let relay_task = relay.map(|relay| tokio::spawn(relay.run(workers.clone())));
+        tracing::info!(
+            addr = %listener.local_addr().map_err(StartupError::Serve)?,
+            publish_mode = ?settings.publish_mode,
+            relay_mode = ?settings.relay_mode,
+            topic = %settings.order_events_topic,
+            "order-service listening"
+        );
+
+        let app = crate::routes::router(state.clone(), settings.max_body_bytes);
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+
+        workers.cancel();
+        if let Some(task) = relay_task
+            && tokio::time::timeout(settings.shutdown_timeout, task)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "the outbox relay did not stop in time; its unmarked rows will be republished"
+            );
+        }
+        if let Some(direct) = &state.direct {
+            direct.flush(settings.shutdown_timeout);
+        }
+        state.pool.close().await;
+        tracing::info!("order-service stopped");
+        served.map_err(StartupError::Serve)
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

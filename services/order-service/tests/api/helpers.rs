@@ -1,0 +1,138 @@
+use std::time::Duration;
+
+use eda_test_support::{Stack, TempDatabase, create_topic};
+use order_service::configuration::{PublishMode, RelayMode, Settings};
+use order_service::startup::Application;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+pub struct TestApp {
+    pub address: String,
+    pub stack: Stack,
+    pub topic: String,
+    pub db: TempDatabase,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(PublishMode::Outbox).await
+}
+
+pub async fn spawn_app_with(publish_mode: PublishMode) -> TestApp {
+    let stack = Stack::from_env();
+    let db = TempDatabase::create(&stack).await;
+    let topic = create_topic(&stack, 6).await;
+    let settings = Settings {
+        http_host: [127, 0, 0, 1].into(),
+        http_port: 0,
+        database_url: db.url.clone(),
+        kafka_bootstrap_servers: stack.kafka_bootstrap_servers.clone(),
+        order_events_topic: topic.clone(),
+        jwt_secret: SECRET.to_owned(),
+        publish_mode,
+        relay_mode: RelayMode::InProcess,
+        max_body_bytes: 64 * 1024,
+        relay_poll_interval: Duration::from_millis(200),
+        shutdown_timeout: Duration::from_secs(10),
+    };
+    let app = Application::build(settings).await.expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        app.run_until_stopped(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("the app runs");
+    });
+    TestApp {
+        address,
+        stack,
+        topic,
+        db,
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+/// A valid bearer token for `user`.
+pub fn token(user: &str) -> String {
+    order_service::auth::issue_token(SECRET, user, &[], Duration::from_secs(600)).unwrap()
+}
+
+impl TestApp {
+    pub async fn post_order(&self, user: &str, body: &Value) -> Response {
+        self.client
+            .post(format!("{}/orders", self.address))
+            .bearer_auth(token(user))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, user: &str, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(token(user))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, user: &str, path: &str) -> Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(token(user))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        let pool = self.db.pool().await;
+        let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    }
+
+    /// Graceful stop, bounded.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(30), server)
+                .await
+                .expect("stops in bounded time")
+                .unwrap();
+        }
+    }
+}
+
+pub fn order_body() -> Value {
+    json!({
+        "customer": {"name": "Ada Lovelace", "email": "ada@example.com"},
+        "currency": "EUR",
+        "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250}, {"sku": "SKU-2", "quantity": 1, "unit_price_cents": 500}]
+    })
+}
+
+pub async fn problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    body
+}

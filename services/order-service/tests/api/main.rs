@@ -1,0 +1,6 @@
+//! order-service's HTTP API against the real PostgreSQL and Kafka: each test spawns the app on
+//! a free port with its own database and topic.
+
+mod health;
+mod helpers;
+mod orders;
