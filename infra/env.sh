@@ -15,7 +15,7 @@ EDA_ROOT="${EDA_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 
 # ---- pinned versions -------------------------------------------------------------------------
 : "${PG_MAJOR:=15}"                       # Debian bookworm's PostgreSQL
-: "${KAFKA_VERSION:=4.4.0}"               # infra/kafka/pom.xml
+: "${KAFKA_VERSION:=4.3.1}"               # the Kafka line Debezium 3.6 is built on (4.4 removed a class it uses)
 : "${DEBEZIUM_VERSION:=3.6.1.Final}"      # infra/debezium/pom.xml
 : "${MINIO_VERSION:=v0.0.0-20260212201848-7aac2a2c5b7c}"  # github.com/minio/minio pseudo-version
 : "${JAEGER_MODULE_VERSION:=v1.76.0}"     # infra/jaeger/go.mod; this module tag is Jaeger v2 (cmd/jaeger)

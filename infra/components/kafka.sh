@@ -7,18 +7,18 @@ KAFKA_HOME="$EDA_RUN_DIR/kafka"
 KAFKA_LOG="$KAFKA_HOME/kafka.log"
 KAFKA_PID="$KAFKA_HOME/kafka.pid"
 
-# maven_resolve POM DEST: copies the POM's runtime dependencies into DEST (atomic, cached by the
-# POM's content so a version bump re-resolves).
+# maven_resolve POM DEST [MAVEN_ARGS...]: copies the POM's runtime dependencies into DEST (atomic,
+# cached by the POM's content and the arguments, so a version bump re-resolves).
 maven_resolve() {
-  local pom=$1 dest=$2 stamp
-  stamp=$(sha256sum "$pom" | cut -c1-16)
+  local pom=$1 dest=$2 stamp; shift 2
+  stamp=$( (cat "$pom"; echo "$*") | sha256sum | cut -c1-16)
   [ -f "$dest/.complete-$stamp" ] && return 0
   need java "install Java 17 (Debian: openjdk-17-jre-headless)"
   need mvn "install Maven (Debian: maven)"
   local tmp="$dest.tmp.$$" mvnlog="$EDA_CACHE_DIR/maven-$(basename "$dest").log"
   rm -rf "$tmp"; mkdir -p "$tmp"
   say "resolving $(basename "$(dirname "$pom")") jars with Maven (log: $mvnlog)"
-  mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" >"$mvnlog" 2>&1 \
+  mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" "$@" >"$mvnlog" 2>&1 \
     || { rm -rf "$tmp"; die "Maven could not resolve $pom (log: $mvnlog)" "$mvnlog"; }
   touch "$tmp/.complete-$stamp"
   rm -rf "$dest"; mv "$tmp" "$dest"
@@ -31,7 +31,7 @@ kafka_install() {
   if ! command -v mvn >/dev/null 2>&1; then apt_install maven; fi
   local major; major=$(java_major)
   [ "${major:-0}" -ge 17 ] || die "Kafka $KAFKA_VERSION needs Java 17 or newer; 'java' here is ${major:-unknown} (set JAVA_HOME/PATH)"
-  maven_resolve "$EDA_ROOT/infra/kafka/pom.xml" "$KAFKA_LIBS"
+  maven_resolve "$EDA_ROOT/infra/kafka/pom.xml" "$KAFKA_LIBS" "-Dkafka.version=$KAFKA_VERSION"
 }
 
 # JVM flags shared by the broker, Connect and the command-line tools (one class path: the jars
@@ -76,12 +76,17 @@ kafka_start() {
   refuse_busy_port "$KAFKA_PORT" "Kafka broker"
   refuse_busy_port "$KAFKA_CONTROLLER_PORT" "Kafka controller"
   kafka_write_config
+  local stamp="$KAFKA_HOME/data/.eda-kafka-version"
+  if [ -f "$KAFKA_HOME/data/meta.properties" ] && [ "$(cat "$stamp" 2>/dev/null)" != "$KAFKA_VERSION" ]; then
+    die "the data in $KAFKA_HOME/data was written by Kafka $(cat "$stamp" 2>/dev/null || echo '(an older setup)'), not $KAFKA_VERSION; run 'make clean-run' (deletes the stack's data) and start again"
+  fi
   if [ ! -f "$KAFKA_HOME/data/meta.properties" ]; then
     local id
     id=$(kafka_tool kafka.tools.StorageTool random-uuid 2>>"$KAFKA_LOG") || die "cannot generate a cluster id (log: $KAFKA_LOG)" "$KAFKA_LOG"
     say "formatting KRaft storage (cluster id $id)"
     kafka_tool kafka.tools.StorageTool format -t "$id" -c "$KAFKA_HOME/server.properties" >>"$KAFKA_LOG" 2>&1 \
       || die "formatting KRaft storage failed (log: $KAFKA_LOG)" "$KAFKA_LOG"
+    echo "$KAFKA_VERSION" >"$stamp"
   fi
   say "starting on $EDA_BIND_HOST:$KAFKA_PORT"
   KAFKA_LOG_FROM=$(( $(wc -l <"$KAFKA_LOG" 2>/dev/null || echo 0) + 1 ))

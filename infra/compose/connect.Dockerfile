@@ -5,7 +5,7 @@ COPY infra/debezium/pom.xml /build/pom.xml
 RUN mvn -B -q -f /build/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
       -DoutputDirectory=/plugins/debezium-connector-postgres
 
-FROM apache/kafka:4.4.0
+FROM apache/kafka:4.3.1
 COPY --from=plugins /plugins /opt/connect-plugins
 COPY infra/compose/connect.properties /opt/connect/connect.properties
 EXPOSE 8083

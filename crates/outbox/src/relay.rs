@@ -326,13 +326,13 @@ async fn enqueue_record(
 ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
     loop {
         let mut headers = OwnedHeaders::new_with_capacity(CONTRACT_HEADERS.len());
+        // Every contract header, null-valued when unset: exactly what Debezium's Outbox Event
+        // Router does with a NULL column, so both relays produce identical messages.
         for ((name, _, _), value) in CONTRACT_HEADERS.iter().zip(&row.headers) {
-            if let Some(value) = value {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value.as_str()),
-                });
-            }
+            headers = headers.insert(Header {
+                key: name,
+                value: value.as_deref(),
+            });
         }
         let record = FutureRecord::to(&row.topic)
             .key(&row.key)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use eda_outbox::{OutboxEvent, Relay, RelayConfig, enqueue, migrate};
 use eda_test_support::{Stack, TempDatabase, consume_all, create_topic, header, kafka_config};
 use rdkafka::Message;
+use rdkafka::message::Headers;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -148,8 +149,15 @@ async fn an_event_exists_only_if_its_transaction_commits() {
     assert_eq!(
         header(message, "traceparent"),
         None,
-        "unset optional headers are absent, not empty"
+        "unset optional headers carry no value"
     );
+    let traceparent = message
+        .headers()
+        .unwrap()
+        .iter()
+        .find(|h| h.key == "traceparent")
+        .expect("every contract header is present");
+    assert_eq!(traceparent.value, None, "null, never an empty string");
     assert_eq!(pending(&pool).await, 0);
 }
 

@@ -156,6 +156,18 @@ fn credentials_buckets_and_kafka_settings_agree() {
         d["S3_BUCKET"]
     );
 
+    let kafka_image = format!("apache/kafka:{}", d["KAFKA_VERSION"]);
+    assert_eq!(
+        service(&c, "kafka")["image"],
+        kafka_image.as_str(),
+        "compose runs the native Kafka version"
+    );
+    let connect_dockerfile =
+        fs::read_to_string(workspace_root().join("infra/compose/connect.Dockerfile")).unwrap();
+    assert!(
+        connect_dockerfile.contains(&format!("FROM {kafka_image}")),
+        "compose's Connect runs the native Kafka version"
+    );
     let kafka = env_of(service(&c, "kafka"));
     assert_eq!(kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"], "false");
     assert_eq!(kafka["KAFKA_NUM_PARTITIONS"], d["KAFKA_PARTITIONS"]);

@@ -1,0 +1,301 @@
+//! The same outbox rows, published once by Debezium's Outbox Event Router (with the connector
+//! config the project ships, `infra/debezium/outbox-connector.json`) and once by the in-process
+//! relay, must give the same topic, key, headers and value, field by field.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use eda_outbox::{OutboxEvent, Relay, RelayConfig, enqueue, migrate};
+use eda_test_support::{
+    Stack, TempDatabase, consume_all, create_topic, header, kafka_config, unique, workspace_root,
+};
+use rdkafka::Message;
+use rdkafka::message::{Headers, OwnedMessage};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A registered connector, deleted (and its slot dropped) on `remove`.
+struct Connector {
+    url: String,
+    name: String,
+    slot: String,
+}
+
+impl Connector {
+    async fn register(stack: &Stack, database: &str) -> Self {
+        let name = unique("outbox").replace('_', "-");
+        let slot = unique("slot");
+        let template =
+            std::fs::read_to_string(workspace_root().join("infra/debezium/outbox-connector.json"))
+                .unwrap();
+        let rendered = template
+            .replace("@CONNECTOR_NAME@", &name)
+            .replace("@DATABASE_HOST@", "127.0.0.1")
+            .replace("@PG_PORT@", &stack.pg_port.to_string())
+            .replace("@PG_USER@", &stack.pg_user)
+            .replace("@PG_PASSWORD@", &stack.pg_password)
+            .replace("@DATABASE_NAME@", database)
+            .replace("@SLOT_NAME@", &slot)
+            .replace("@SLOT_DROP_ON_STOP@", "true");
+        assert!(
+            !rendered.contains('@'),
+            "every placeholder of the connector template is filled"
+        );
+        let config: Value = serde_json::from_str(&rendered).unwrap();
+        let url = format!("{}/connectors/{name}", stack.kafka_connect_url);
+        let response = reqwest::Client::new()
+            .put(format!("{url}/config"))
+            .json(&config["config"])
+            .send()
+            .await
+            .expect("Kafka Connect REST");
+        assert!(
+            response.status().is_success(),
+            "register: {}",
+            response.text().await.unwrap()
+        );
+        let connector = Self { url, name, slot };
+        connector.wait_running().await;
+        connector
+    }
+
+    async fn wait_running(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let status: Value = reqwest::get(format!("{}/status", self.url))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            let task = &status["tasks"][0];
+            if status["connector"]["state"] == "RUNNING" && task["state"] == "RUNNING" {
+                return;
+            }
+            assert!(
+                task["state"] != "FAILED",
+                "connector {} failed: {}",
+                self.name,
+                task["trace"]
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connector {} not running: {status}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn remove(self, pool: &PgPool) {
+        reqwest::Client::new()
+            .delete(&self.url)
+            .send()
+            .await
+            .unwrap();
+        // The slot must go before the database can be dropped.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let active: Option<bool> =
+                sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+                    .bind(&self.slot)
+                    .fetch_optional(pool)
+                    .await
+                    .unwrap();
+            match active {
+                None => return,
+                Some(false) => {
+                    let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
+                        .bind(&self.slot)
+                        .execute(pool)
+                        .await;
+                }
+                Some(true) => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "slot {} still active",
+                self.slot
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+fn all_headers(m: &OwnedMessage) -> Vec<(String, Option<String>)> {
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn write(pool: &PgPool, event: &OutboxEvent) {
+    let mut tx = pool.begin().await.unwrap();
+    enqueue(&mut tx, event).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn debezium_and_the_in_process_relay_produce_identical_messages() {
+    let stack = Stack::from_env();
+    let db = TempDatabase::create(&stack).await;
+    let pool = db.pool().await;
+    migrate(&pool).await.unwrap();
+    let debezium_topic = create_topic(&stack, 3).await;
+    let relay_topic = create_topic(&stack, 3).await;
+    let connector = Connector::register(&stack, &db.name).await;
+
+    // Streaming starts when the slot exists; a first event proves it before the real ones.
+    let warmup = OutboxEvent::json(&debezium_topic, "Order", "warmup", "Warmup", 1, &1).unwrap();
+    write(&pool, &warmup).await;
+    consume_all(&stack, &debezium_topic, 1, WAIT, Duration::ZERO).await;
+
+    let events = vec![
+        OutboxEvent::json(
+            &debezium_topic,
+            "Order",
+            "order-1",
+            "OrderPlaced",
+            1,
+            &serde_json::json!({"total_cents": 3000, "lines": [{"sku": "SKU-1"}]}),
+        )
+        .unwrap(),
+        OutboxEvent::json(
+            &debezium_topic,
+            "Order",
+            "order-1",
+            "OrderCancelled",
+            2,
+            &serde_json::json!({"reason": "changed mind", "unicode": "größe ✓"}),
+        )
+        .unwrap()
+        .with_header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .unwrap()
+        .with_header("request-id", "req-42")
+        .unwrap()
+        .with_header("user-id", "alice")
+        .unwrap(),
+        OutboxEvent::json(
+            &debezium_topic,
+            "Order",
+            "order-2",
+            "OrderPlaced",
+            1,
+            &serde_json::json!({"claim": true}),
+        )
+        .unwrap()
+        .with_header("claim-check-location", "s3://eda-claim-checks/x")
+        .unwrap()
+        .with_header("claim-check-size", "8388608")
+        .unwrap(),
+    ];
+    for e in &events {
+        write(&pool, e).await;
+    }
+    let from_debezium = consume_all(
+        &stack,
+        &debezium_topic,
+        events.len() + 1,
+        WAIT,
+        Duration::from_secs(2),
+    )
+    .await;
+    connector.remove(&pool).await;
+
+    // The same rows through the in-process relay, redirected to its own topic.
+    sqlx::query("UPDATE outbox SET topic = $1 WHERE aggregate_id <> 'warmup'")
+        .bind(&relay_topic)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM outbox WHERE aggregate_id = 'warmup'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(
+        pool.clone(),
+        kafka_config(&stack),
+        RelayConfig {
+            poll_interval: Duration::from_millis(200),
+            ..RelayConfig::default()
+        },
+    );
+    let handle = tokio::spawn(relay.run(shutdown.clone()));
+    let from_relay = consume_all(
+        &stack,
+        &relay_topic,
+        events.len(),
+        WAIT,
+        Duration::from_secs(1),
+    )
+    .await;
+    shutdown.cancel();
+    handle.await.unwrap();
+
+    let by_id = |messages: &[OwnedMessage]| -> BTreeMap<String, OwnedMessage> {
+        messages
+            .iter()
+            .filter(|m| header(m, "aggregate-id").as_deref() != Some("warmup"))
+            .map(|m| (header(m, "event-id").unwrap(), m.clone()))
+            .collect()
+    };
+    let (debezium, relay) = (by_id(&from_debezium), by_id(&from_relay));
+    assert_eq!(
+        debezium.len(),
+        events.len(),
+        "Debezium published each event once"
+    );
+    assert_eq!(relay.len(), events.len());
+    for e in &events {
+        let id = e.event_id().to_string();
+        let (d, r) = (&debezium[&id], &relay[&id]);
+        assert_eq!(d.key(), r.key(), "key of {id}");
+        assert_eq!(d.key(), Some(e.key().as_bytes()));
+        assert_eq!(d.payload(), r.payload(), "value of {id}");
+        assert_eq!(
+            d.payload(),
+            Some(e.payload().as_bytes()),
+            "value is the payload byte for byte"
+        );
+        assert_eq!(
+            all_headers(d),
+            all_headers(r),
+            "headers of {id}, names, values and order"
+        );
+        let set: BTreeMap<&str, String> = e.headers().into_iter().collect();
+        let expected: Vec<(String, Option<String>)> = eda_outbox::headers::CONTRACT_HEADERS
+            .iter()
+            .map(|(name, _, _)| ((*name).to_owned(), set.get(name).cloned()))
+            .collect();
+        assert_eq!(
+            all_headers(r),
+            expected,
+            "every contract header, in order, null when unset"
+        );
+    }
+    // Same per-key order on both paths.
+    let order = |messages: &[OwnedMessage]| -> Vec<String> {
+        messages
+            .iter()
+            .filter(|m| m.key() == Some(b"order-1".as_slice()))
+            .map(|m| header(m, "revision").unwrap())
+            .collect()
+    };
+    assert_eq!(order(&from_debezium), ["1", "2"]);
+    assert_eq!(order(&from_relay), ["1", "2"]);
+}
