@@ -4,7 +4,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 .PHONY: help up down status urls deps infra-install infra-up infra-down infra-status infra-logs \
-        infra-topics services-up services-down build fmt lint test clean-run
+        infra-topics services-up services-down build fmt lint test bench token debezium-register \
+        debezium-delete clean-run
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +58,18 @@ lint: ## clippy with warnings as errors
 
 test: ## fmt check + clippy + all tests against the real stack (started and stopped if not running)
 	@infra/test.sh
+
+bench: deps ## run the benchmarks against the stack and print numbers (BENCH_ROWS, BENCH_MEMORY_ROWS, BENCH_SECONDS)
+	@infra/bench.sh
+
+token: ## print a dev bearer token for curl: make token AS=alice [ROLE=admin]
+	@cargo run -q -p pitfall-lab -- token --user "$(or $(AS),alice)" $(if $(ROLE),--role $(ROLE))
+
+debezium-register: ## register the Debezium outbox connector for the orders database (then RELAY_MODE=debezium)
+	@infra/debezium/register.sh orders
+
+debezium-delete: ## remove the orders outbox connector
+	@infra/debezium/register.sh --delete orders
 
 clean-run: down ## stop everything and delete the stack's data (.run/); caches stay
 	rm -rf .run

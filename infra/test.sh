@@ -51,6 +51,15 @@ cat "$stack_log" >&2
 infra/stack.sh status
 
 step "cargo test --workspace"
-cargo test --workspace --no-fail-fast
-
+test_log="$EDA_RUN_DIR/cargo-test.log"
+test_rc=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$test_log" || test_rc=$?
+# One closing line for the whole run (cargo prints one per test binary), printed last.
+summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed", p, f }' "$test_log")
+if [ "$test_rc" -ne 0 ]; then
+  echo "$summary"
+  die "tests failed (full output: $test_log)"
+fi
 say "all checks passed in $((SECONDS - t0))s"
+echo "$summary"

@@ -29,7 +29,7 @@ mod relay;
 pub use error::{Error, Result};
 pub use event::{OutboxEvent, enqueue};
 pub use metrics::RelayMetrics;
-pub use relay::{PRODUCER_DEFAULTS, Relay, RelayConfig};
+pub use relay::{Expiry, PRODUCER_DEFAULTS, Relay, RelayConfig, delete_expired};
 
 /// The outbox schema, embedded at compile time.
 static EMBEDDED: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -298,23 +298,52 @@ impl Relay {
         }
     }
 
-    /// Deletes published rows older than the retention, in bounded chunks.
+    /// Deletes published rows older than the retention.
     async fn cleanup(&self, conn: &mut PgConnection) -> Result<()> {
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-                 WHERE published_at < now() - make_interval(secs => $1) LIMIT 10000)",
-            )
-            .bind(self.config.retention.as_secs_f64())
+        let deleted = delete_expired(conn, Expiry::PublishedBefore(self.config.retention)).await?;
+        if deleted > 0 {
+            tracing::debug!(deleted, "outbox clean-up");
+        }
+        Ok(())
+    }
+}
+
+/// Which outbox rows [`delete_expired`] removes.
+#[derive(Debug, Clone, Copy)]
+pub enum Expiry {
+    /// Rows the in-process relay published longer ago than this (what the relay itself uses).
+    PublishedBefore(Duration),
+    /// Rows written longer ago than this, published or not. For Debezium mode, where nothing
+    /// marks rows: Debezium reads them from the WAL, so the table only has to keep them until
+    /// the connector has streamed them. Choose an age well above the connector's worst lag.
+    CreatedBefore(Duration),
+}
+
+/// Deletes expired outbox rows in chunks of 10,000 (short locks, bounded WAL per statement) and
+/// returns how many went.
+pub async fn delete_expired(conn: &mut PgConnection, expiry: Expiry) -> Result<u64> {
+    let (sql, age) = match expiry {
+        Expiry::PublishedBefore(age) => (
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+             WHERE published_at < now() - make_interval(secs => $1) LIMIT 10000)",
+            age,
+        ),
+        Expiry::CreatedBefore(age) => (
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+             WHERE created_at < now() - make_interval(secs => $1) LIMIT 10000)",
+            age,
+        ),
+    };
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(sql)
+            .bind(age.as_secs_f64())
             .execute(&mut *conn)
             .await?
             .rows_affected();
-            if deleted > 0 {
-                tracing::debug!(deleted, "outbox clean-up");
-            }
-            if deleted < 10_000 {
-                return Ok(());
-            }
+        total += deleted;
+        if deleted < 10_000 {
+            return Ok(total);
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct Settings {
     pub relay_poll_interval: Duration,
     /// `SHUTDOWN_TIMEOUT_SECS`, default 20: bounded wait for in-flight work at shutdown.
     pub shutdown_timeout: Duration,
+    /// `OUTBOX_RETENTION_SECS`, default 3600: how long outbox rows are kept (after publication
+    /// in-process; after insertion with Debezium, which must have streamed them by then).
+    pub outbox_retention: Duration,
 }
 
 /// A variable holds something unusable. The message names the variable and the value's problem
@@ -117,6 +120,7 @@ impl Settings {
             max_body_bytes: parse("MAX_BODY_BYTES", 64 * 1024)?,
             relay_poll_interval: Duration::from_millis(parse("RELAY_POLL_INTERVAL_MS", 1000)?),
             shutdown_timeout: Duration::from_secs(parse("SHUTDOWN_TIMEOUT_SECS", 20)?),
+            outbox_retention: Duration::from_secs(parse("OUTBOX_RETENTION_SECS", 3600)?),
         })
     }
 }

@@ -163,6 +163,15 @@ impl Application {
         } = self;
         let workers = CancellationToken::new();
         let relay_task = relay.map(|relay| tokio::spawn(relay.run(workers.clone())));
+        let janitor_task = (settings.publish_mode == PublishMode::Outbox
+            && settings.relay_mode == RelayMode::Debezium)
+            .then(|| {
+                tokio::spawn(debezium_mode_janitor(
+                    state.pool.clone(),
+                    settings.outbox_retention,
+                    workers.clone(),
+                ))
+            });
         tracing::info!(
             addr = %listener.local_addr().map_err(StartupError::Serve)?,
             publish_mode = ?settings.publish_mode,
@@ -186,12 +195,42 @@ impl Application {
                 "the outbox relay did not stop in time; its unmarked rows will be republished"
             );
         }
+        if let Some(task) = janitor_task {
+            let _ = tokio::time::timeout(settings.shutdown_timeout, task).await;
+        }
         if let Some(direct) = &state.direct {
             direct.flush(settings.shutdown_timeout);
         }
         state.pool.close().await;
         tracing::info!("order-service stopped");
         served.map_err(StartupError::Serve)
+    }
+}
+
+/// With Debezium publishing, nothing marks outbox rows: delete them by age instead.
+async fn debezium_mode_janitor(pool: PgPool, retention: Duration, stop: CancellationToken) {
+    loop {
+        match pool.acquire().await {
+            Ok(mut conn) => match eda_outbox::delete_expired(
+                &mut conn,
+                eda_outbox::Expiry::CreatedBefore(retention),
+            )
+            .await
+            {
+                Ok(deleted) if deleted > 0 => {
+                    tracing::info!(deleted, "outbox rows past retention deleted");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "outbox clean-up failed; will retry"),
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "outbox clean-up cannot reach the database; will retry");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub async fn spawn_app_with(publish_mode: PublishMode) -> TestApp {
         max_body_bytes: 64 * 1024,
         relay_poll_interval: Duration::from_millis(200),
         shutdown_timeout: Duration::from_secs(10),
+        outbox_retention: Duration::from_secs(3600),
     };
     let app = Application::build(settings).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make bench`: benchmarks against the running stack (started if needed). Prints numbers; never
+# fails on speed. Each benchmark uses its own database and topics. BENCH_ROWS, BENCH_MEMORY_ROWS,
+# BENCH_SECONDS shrink or grow the runs.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here/.."
+# shellcheck source=infra/env.sh
+source infra/env.sh
+# shellcheck source=infra/lib.sh
+source infra/lib.sh
+COMPONENT=bench
+
+rows=${BENCH_ROWS:-100000}
+memory_rows=${BENCH_MEMORY_ROWS:-1000000}
+seconds=${BENCH_SECONDS:-15}
+
+infra/stack.sh up >/dev/null
+cargo build --release -q -p pitfall-lab
+lab() { "$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/pitfall-lab" "$@"; }
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; Kafka $KAFKA_VERSION, Debezium $DEBEZIUM_VERSION, PostgreSQL $PG_MAJOR"
+lab bench drain --rows "$rows"
+
+# The ceiling: Kafka's own producer performance tool, same record size and producer settings.
+topic="bench_perf_$$"
+java -Xmx256m -cp "$EDA_CACHE_DIR/kafka-$KAFKA_VERSION/libs/*" -Dlog4j2.configurationFile="$EDA_ROOT/infra/kafka/log4j2.properties" -Dkafka.log.level=WARN \
+  org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --create --topic "$topic" --partitions 6 --replication-factor 1 >/dev/null
+echo "kafka-producer-perf-test ($rows records of 700 bytes, the relay's message size with headers):"
+java -Xmx512m -cp "$EDA_CACHE_DIR/kafka-$KAFKA_VERSION/libs/*" -Dlog4j2.configurationFile="$EDA_ROOT/infra/kafka/log4j2.properties" -Dkafka.log.level=WARN \
+  org.apache.kafka.tools.ProducerPerformance --topic "$topic" --num-records "$rows" --record-size 700 --throughput -1 \
+  --producer-props bootstrap.servers="$KAFKA_BOOTSTRAP_SERVERS" acks=all enable.idempotence=true compression.type=lz4 linger.ms=5 \
+  2>&1 | tail -n 1 | sed 's/^/  /'
+java -Xmx256m -cp "$EDA_CACHE_DIR/kafka-$KAFKA_VERSION/libs/*" -Dlog4j2.configurationFile="$EDA_ROOT/infra/kafka/log4j2.properties" -Dkafka.log.level=WARN \
+  org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --topic "$topic" >/dev/null || true
+
+lab bench latency --rate 1000 --seconds "$seconds"
+lab bench http --seconds "$seconds" --concurrency 16
+lab bench memory --rows "$memory_rows"
