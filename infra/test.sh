@@ -61,5 +61,8 @@ if [ "$test_rc" -ne 0 ]; then
   echo "$summary"
   die "tests failed (full output: $test_log)"
 fi
+# Stop what this run started now, so that the summary is the run's last line.
+trap - EXIT
+stop_started
 say "all checks passed in $((SECONDS - t0))s"
 echo "$summary"

@@ -7,123 +7,14 @@ use std::time::Duration;
 
 use eda_outbox::{OutboxEvent, Relay, RelayConfig, enqueue, migrate};
 use eda_test_support::{
-    Stack, TempDatabase, consume_all, create_topic, header, kafka_config, unique, workspace_root,
+    OutboxConnector, Stack, TempDatabase, consume_all, create_topic, header, kafka_config,
 };
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// A registered connector, deleted (and its slot dropped) on `remove`.
-struct Connector {
-    url: String,
-    name: String,
-    slot: String,
-}
-
-impl Connector {
-    async fn register(stack: &Stack, database: &str) -> Self {
-        let name = unique("outbox").replace('_', "-");
-        let slot = unique("slot");
-        let template =
-            std::fs::read_to_string(workspace_root().join("infra/debezium/outbox-connector.json"))
-                .unwrap();
-        let rendered = template
-            .replace("@CONNECTOR_NAME@", &name)
-            .replace("@DATABASE_HOST@", "127.0.0.1")
-            .replace("@PG_PORT@", &stack.pg_port.to_string())
-            .replace("@PG_USER@", &stack.pg_user)
-            .replace("@PG_PASSWORD@", &stack.pg_password)
-            .replace("@DATABASE_NAME@", database)
-            .replace("@SLOT_NAME@", &slot)
-            .replace("@SLOT_DROP_ON_STOP@", "true");
-        assert!(
-            !rendered.contains('@'),
-            "every placeholder of the connector template is filled"
-        );
-        let config: Value = serde_json::from_str(&rendered).unwrap();
-        let url = format!("{}/connectors/{name}", stack.kafka_connect_url);
-        let response = reqwest::Client::new()
-            .put(format!("{url}/config"))
-            .json(&config["config"])
-            .send()
-            .await
-            .expect("Kafka Connect REST");
-        assert!(
-            response.status().is_success(),
-            "register: {}",
-            response.text().await.unwrap()
-        );
-        let connector = Self { url, name, slot };
-        connector.wait_running().await;
-        connector
-    }
-
-    async fn wait_running(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let status: Value = reqwest::get(format!("{}/status", self.url))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or(Value::Null);
-            let task = &status["tasks"][0];
-            if status["connector"]["state"] == "RUNNING" && task["state"] == "RUNNING" {
-                return;
-            }
-            assert!(
-                task["state"] != "FAILED",
-                "connector {} failed: {}",
-                self.name,
-                task["trace"]
-            );
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "connector {} not running: {status}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-
-    async fn remove(self, pool: &PgPool) {
-        reqwest::Client::new()
-            .delete(&self.url)
-            .send()
-            .await
-            .unwrap();
-        // The slot must go before the database can be dropped.
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let active: Option<bool> =
-                sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
-                    .bind(&self.slot)
-                    .fetch_optional(pool)
-                    .await
-                    .unwrap();
-            match active {
-                None => return,
-                Some(false) => {
-                    let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
-                        .bind(&self.slot)
-                        .execute(pool)
-                        .await;
-                }
-                Some(true) => {}
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "slot {} still active",
-                self.slot
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-}
 
 fn all_headers(m: &OwnedMessage) -> Vec<(String, Option<String>)> {
     m.headers()
@@ -154,7 +45,7 @@ async fn debezium_and_the_in_process_relay_produce_identical_messages() {
     migrate(&pool).await.unwrap();
     let debezium_topic = create_topic(&stack, 3).await;
     let relay_topic = create_topic(&stack, 3).await;
-    let connector = Connector::register(&stack, &db.name).await;
+    let connector = OutboxConnector::register(&stack, &db.name).await;
 
     // Streaming starts when the slot exists; a first event proves it before the real ones.
     let warmup = OutboxEvent::json(&debezium_topic, "Order", "warmup", "Warmup", 1, &1).unwrap();

@@ -7,68 +7,20 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use eda_outbox::{OutboxEvent, Relay, RelayConfig, enqueue, migrate};
+use common::{burst, pending, wait_drained};
+use eda_outbox::{Relay, RelayConfig, migrate};
 use eda_test_support::{
-    Stack, TempDatabase, consume_all, create_topic, header, kafka_config, workspace_root,
+    Stack, TempDatabase, consume_all, create_topic, header, kafka_config, stack_sh,
 };
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 static SERIAL: Mutex<()> = Mutex::const_new(());
 const WAIT: Duration = Duration::from_secs(120);
-
-fn event(topic: &str, aggregate: &str, revision: i64) -> OutboxEvent {
-    OutboxEvent::json(
-        topic,
-        "Order",
-        aggregate,
-        "OrderPlaced",
-        revision,
-        &serde_json::json!({"revision": revision}),
-    )
-    .unwrap()
-}
-
-async fn pending(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-async fn wait_drained(pool: &PgPool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while pending(pool).await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "outbox not drained within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Writes `aggregates` x `revisions` events, each aggregate's revisions in order, concurrently.
-async fn burst(pool: &PgPool, topic: &str, aggregates: usize, revisions: i64) {
-    let mut writers = Vec::new();
-    for a in 0..aggregates {
-        let (pool, topic) = (pool.clone(), topic.to_owned());
-        writers.push(tokio::spawn(async move {
-            for revision in 1..=revisions {
-                let mut tx = pool.begin().await.unwrap();
-                enqueue(&mut tx, &event(&topic, &format!("agg-{a}"), revision))
-                    .await
-                    .unwrap();
-                tx.commit().await.unwrap();
-            }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
-}
 
 /// Every event at least once; after dropping repeats, each aggregate's revisions are 1..=n in
 /// order. Returns how many deliveries were repeats (allowed by at-least-once).
@@ -98,19 +50,6 @@ fn assert_complete_and_ordered(
         assert_eq!(revs, expected, "{key}: first deliveries in revision order");
     }
     messages.len() - seen.len()
-}
-
-fn stack_sh(args: &[&str]) {
-    let out = Command::new(workspace_root().join("infra/stack.sh"))
-        .args(args)
-        .output()
-        .expect("run infra/stack.sh");
-    assert!(
-        out.status.success(),
-        "infra/stack.sh {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test]
@@ -145,7 +84,7 @@ async fn kafka_stopped_during_a_burst_loses_nothing_and_keeps_order() {
     );
     stack_sh(&["up", "kafka"]);
 
-    wait_drained(&pool).await;
+    wait_drained(&pool, WAIT).await;
     shutdown.cancel();
     handle.await.unwrap();
     assert!(
@@ -224,7 +163,7 @@ async fn relay_killed_mid_burst_loses_nothing_after_restart() {
     writer.await.unwrap();
 
     let mut relay = start_relay_process(&stack, &db);
-    wait_drained(&pool).await;
+    wait_drained(&pool, WAIT).await;
     relay.kill().unwrap();
     relay.wait().unwrap();
 

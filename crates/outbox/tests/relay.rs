@@ -4,12 +4,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use eda_outbox::{OutboxEvent, Relay, RelayConfig, enqueue, migrate};
+use common::{burst, event, pending, wait_drained};
+use eda_outbox::{Relay, RelayConfig, enqueue, migrate};
 use eda_test_support::{Stack, TempDatabase, consume_all, create_topic, header, kafka_config};
 use rdkafka::Message;
 use rdkafka::message::Headers;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -56,25 +59,6 @@ fn spawn_relay(stack: &Stack, pool: &PgPool, config: RelayConfig) -> Running {
         handle,
         metrics,
     }
-}
-
-fn event(topic: &str, aggregate: &str, revision: i64) -> OutboxEvent {
-    OutboxEvent::json(
-        topic,
-        "Order",
-        aggregate,
-        "OrderPlaced",
-        revision,
-        &serde_json::json!({"order": aggregate, "revision": revision}),
-    )
-    .unwrap()
-}
-
-async fn pending(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 async fn wait_until_published(pool: &PgPool, event_id: uuid::Uuid) {
@@ -210,30 +194,8 @@ async fn two_relays_publish_each_event_once_in_aggregate_order_and_fail_over() {
     let relay_b = spawn_relay(&stack, &pool, fast_config());
 
     // 20 aggregates x 15 revisions, written by concurrent writers, each aggregate in order.
-    let mut writers = Vec::new();
-    for a in 0..20 {
-        let (pool, topic) = (pool.clone(), topic.clone());
-        writers.push(tokio::spawn(async move {
-            for revision in 1..=15 {
-                let mut tx = pool.begin().await.unwrap();
-                enqueue(&mut tx, &event(&topic, &format!("agg-{a}"), revision))
-                    .await
-                    .unwrap();
-                tx.commit().await.unwrap();
-            }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while pending(&pool).await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog not drained"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    burst(&pool, &topic, 20, 15).await;
+    wait_drained(&pool, WAIT).await;
 
     // Exactly one leads. Stop it: the other must take over.
     assert!(

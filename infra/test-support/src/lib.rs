@@ -243,6 +243,145 @@ pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
         .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
 }
 
+const CONNECT_WAIT: Duration = Duration::from_secs(120);
+
+/// A Debezium outbox connector (the project's `infra/debezium/outbox-connector.json`) registered
+/// for one test database, with its own replication slot; `remove` deletes it and drops the slot
+/// (which must go before the database can be dropped).
+#[derive(Debug)]
+pub struct OutboxConnector {
+    url: String,
+    name: String,
+    slot: String,
+}
+
+impl OutboxConnector {
+    /// Registers the connector for `database` and waits until its task runs.
+    ///
+    /// # Panics
+    /// When Kafka Connect refuses it or it does not start within two minutes.
+    pub async fn register(stack: &Stack, database: &str) -> Self {
+        let name = unique("outbox").replace('_', "-");
+        let slot = unique("slot");
+        let template =
+            std::fs::read_to_string(workspace_root().join("infra/debezium/outbox-connector.json"))
+                .unwrap();
+        let rendered = template
+            .replace("@CONNECTOR_NAME@", &name)
+            .replace("@DATABASE_HOST@", "127.0.0.1")
+            .replace("@PG_PORT@", &stack.pg_port.to_string())
+            .replace("@PG_USER@", &stack.pg_user)
+            .replace("@PG_PASSWORD@", &stack.pg_password)
+            .replace("@DATABASE_NAME@", database)
+            .replace("@SLOT_NAME@", &slot)
+            .replace("@SLOT_DROP_ON_STOP@", "true");
+        assert!(
+            !rendered.contains('@'),
+            "every placeholder of the connector template is filled"
+        );
+        let config: serde_json::Value = serde_json::from_str(&rendered).unwrap();
+        let url = format!("{}/connectors/{name}", stack.kafka_connect_url);
+        let response = reqwest::Client::new()
+            .put(format!("{url}/config"))
+            .json(&config["config"])
+            .send()
+            .await
+            .expect("Kafka Connect REST");
+        assert!(
+            response.status().is_success(),
+            "register: {}",
+            response.text().await.unwrap()
+        );
+        let connector = Self { url, name, slot };
+        connector.wait_running().await;
+        connector
+    }
+
+    async fn wait_running(&self) {
+        let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
+        loop {
+            let status: serde_json::Value = reqwest::get(format!("{}/status", self.url))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or(serde_json::Value::Null);
+            let task = &status["tasks"][0];
+            if status["connector"]["state"] == "RUNNING" && task["state"] == "RUNNING" {
+                return;
+            }
+            assert!(
+                task["state"] != "FAILED",
+                "connector {} failed: {}",
+                self.name,
+                task["trace"]
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connector {} not running: {status}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Deletes the connector and drops its replication slot.
+    ///
+    /// # Panics
+    /// When the slot stays active for two minutes.
+    pub async fn remove(self, pool: &sqlx::PgPool) {
+        reqwest::Client::new()
+            .delete(&self.url)
+            .send()
+            .await
+            .unwrap();
+        // The slot must go before the database can be dropped.
+        let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
+        loop {
+            let active: Option<bool> =
+                sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+                    .bind(&self.slot)
+                    .fetch_optional(pool)
+                    .await
+                    .unwrap();
+            match active {
+                None => return,
+                Some(false) => {
+                    let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
+                        .bind(&self.slot)
+                        .execute(pool)
+                        .await;
+                }
+                Some(true) => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "slot {} still active",
+                self.slot
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// Runs `infra/stack.sh` with `args` (e.g. `["down", "kafka"]`), for fault tests that stop
+/// and restart a real component.
+///
+/// # Panics
+/// When the script fails; the message carries its output.
+pub fn stack_sh(args: &[&str]) {
+    let out = std::process::Command::new(workspace_root().join("infra/stack.sh"))
+        .args(args)
+        .output()
+        .expect("run infra/stack.sh");
+    assert!(
+        out.status.success(),
+        "infra/stack.sh {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A name no other test run uses: tests isolate themselves by database, topic, group and key.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())

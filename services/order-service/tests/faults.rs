@@ -8,28 +8,15 @@
 mod helpers;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::Duration;
 
-use eda_test_support::{consume_all, header, workspace_root};
+use eda_test_support::{consume_all, header, stack_sh};
 use order_service::configuration::PublishMode;
 use reqwest::StatusCode;
 
 use crate::helpers::{TestApp, order_body, spawn_app_with};
 
 const ORDERS: usize = 200;
-
-fn stack_sh(args: &[&str]) {
-    let out = Command::new(workspace_root().join("infra/stack.sh"))
-        .args(args)
-        .output()
-        .expect("run infra/stack.sh");
-    assert!(
-        out.status.success(),
-        "infra/stack.sh {args:?}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 async fn place_orders(app: &TestApp) -> Vec<String> {
     let mut ids = Vec::new();

@@ -23,6 +23,10 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(publish_mode: PublishMode) -> TestApp {
+    spawn_app_configured(publish_mode, RelayMode::InProcess).await
+}
+
+pub async fn spawn_app_configured(publish_mode: PublishMode, relay_mode: RelayMode) -> TestApp {
     let stack = Stack::from_env();
     let db = TempDatabase::create(&stack).await;
     let topic = create_topic(&stack, 6).await;
@@ -34,7 +38,7 @@ pub async fn spawn_app_with(publish_mode: PublishMode) -> TestApp {
         order_events_topic: topic.clone(),
         jwt_secret: SECRET.to_owned(),
         publish_mode,
-        relay_mode: RelayMode::InProcess,
+        relay_mode,
         max_body_bytes: 64 * 1024,
         relay_poll_interval: Duration::from_millis(200),
         shutdown_timeout: Duration::from_secs(10),
