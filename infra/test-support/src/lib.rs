@@ -177,15 +177,20 @@ pub fn kafka_config(stack: &Stack) -> ClientConfig {
 /// When the broker refuses or is unreachable.
 pub async fn create_topic(stack: &Stack, partitions: i32) -> String {
     let topic = unique("test");
+    create_topic_named(stack, &topic, partitions).await;
+    topic
+}
+
+/// Creates `topic` (e.g. the `.dlq` companion of a test topic).
+///
+/// # Panics
+/// When the broker refuses or is unreachable.
+pub async fn create_topic_named(stack: &Stack, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         kafka_config(stack).create().expect("admin client");
     let results = admin
         .create_topics(
-            &[NewTopic::new(
-                &topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
@@ -193,7 +198,6 @@ pub async fn create_topic(stack: &Stack, partitions: i32) -> String {
     for result in results {
         result.expect("topic created");
     }
-    topic
 }
 
 /// Reads `topic` from the beginning with a fresh consumer group until `expected` messages

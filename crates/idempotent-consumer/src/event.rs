@@ -1,0 +1,104 @@
+use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, Headers};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::HandlerError;
+
+/// One decoded Kafka record, as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Message key (the aggregate id in this project's contract).
+    pub key: Option<String>,
+    /// Raw value.
+    pub payload: Vec<u8>,
+    /// All headers, in order; `None` values are headers sent with a null value.
+    pub headers: Vec<(String, Option<String>)>,
+    /// `event-id` header: the dedupe key.
+    pub event_id: Uuid,
+    /// `event-type` header.
+    pub event_type: String,
+}
+
+/// Why a record could not be decoded: it goes to the dead-letter topic with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+impl Event {
+    /// Decodes a record: `event-id` (a UUID) and `event-type` headers are required, the value
+    /// must be present. Anything else is a poison record.
+    pub fn decode(message: &BorrowedMessage<'_>) -> Result<Self, DecodeError> {
+        let headers: Vec<(String, Option<String>)> = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            h.value.map(|v| String::from_utf8_lossy(v).into_owned()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.clone())
+        };
+        let event_id = find("event-id")
+            .ok_or_else(|| DecodeError("missing required header event-id".to_owned()))?;
+        let event_id = Uuid::parse_str(&event_id)
+            .map_err(|_| DecodeError(format!("header event-id {event_id:?} is not a UUID")))?;
+        let event_type = find("event-type")
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| DecodeError("missing required header event-type".to_owned()))?;
+        let payload = message
+            .payload()
+            .ok_or_else(|| DecodeError("the record has no value".to_owned()))?
+            .to_vec();
+        Ok(Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload,
+            headers,
+            event_id,
+            event_type,
+        })
+    }
+
+    /// The value of header `name`, if present and not null.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// The `revision` header as a number, if present.
+    pub fn revision(&self) -> Option<i64> {
+        self.header("revision").and_then(|r| r.parse().ok())
+    }
+
+    /// The value parsed as JSON. A value that does not parse is permanent: retrying cannot fix it.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        serde_json::from_slice(&self.payload).map_err(|err| {
+            HandlerError::Permanent(format!(
+                "{} value is not the expected JSON: {err}",
+                self.event_type
+            ))
+        })
+    }
+}
