@@ -10,13 +10,15 @@
 //! - [`startup`]: builds the application (pool, migrations, Kafka clients, relay, router) and
 //!   runs it until a shutdown signal.
 //! - [`routes`]: one module per resource, each exporting `router()`.
-//! - [`domain`]: validated types; [`auth`]: bearer tokens; [`error`]: problem+json responses.
+//! - [`domain`]: validated types. Bearer tokens and problem+json errors come from `eda-http`
+//!   ([`auth`] re-exports its token functions for tools and tests).
 //! - [`publisher`]: the two ways an event leaves the service.
 
-pub mod auth;
 pub mod configuration;
 pub mod domain;
-pub mod error;
 pub mod publisher;
 pub mod routes;
 pub mod startup;
+
+/// Bearer tokens (from `eda-http`), re-exported for `pitfall-lab token` and the tests.
+pub use eda_http::auth;

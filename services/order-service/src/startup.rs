@@ -37,6 +37,12 @@ pub struct AppState {
     pub kafka_probe: Arc<BaseProducer>,
 }
 
+impl axum::extract::FromRef<AppState> for eda_http::JwtSecret {
+    fn from_ref(state: &AppState) -> Self {
+        Self(Arc::clone(&state.jwt_secret))
+    }
+}
+
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The JWT secret is deliberately left out.
@@ -234,22 +240,4 @@ async fn debezium_mode_janitor(pool: PgPool, retention: Duration, stop: Cancella
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutdown signal received");
-}
+pub use eda_http::shutdown_signal;

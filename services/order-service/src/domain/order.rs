@@ -42,14 +42,8 @@ pub struct LineRequest {
     pub unit_price_cents: i64,
 }
 
-/// A field that failed validation, with a message a client can show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ValidationError {
-    /// JSON pointer-like path of the field, e.g. `lines[2].quantity`.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
+/// A field that failed validation (the HTTP layer renders these as problem details).
+pub use eda_http::FieldError as ValidationError;
 
 /// A validated customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

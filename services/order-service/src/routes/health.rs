@@ -8,8 +8,8 @@ use axum::{Json, Router};
 use rdkafka::producer::Producer;
 use serde_json::{Value, json};
 
-use crate::error::ApiError;
 use crate::startup::AppState;
+use eda_http::ApiError;
 
 /// `/healthz` (the process answers) and `/readyz` (PostgreSQL and Kafka answer).
 pub fn router() -> Router<AppState> {

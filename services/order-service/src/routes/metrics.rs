@@ -6,8 +6,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::error::ApiError;
 use crate::startup::AppState;
+use eda_http::ApiError;
 
 /// `/metrics`.
 pub fn router() -> Router<AppState> {

@@ -1,6 +1,5 @@
 //! HTTP routes, one module per resource.
 
-pub mod extract;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
@@ -11,8 +10,6 @@ use axum::extract::DefaultBodyLimit;
 use tower_http::trace::TraceLayer;
 
 use crate::startup::AppState;
-
-pub use extract::JsonBody;
 
 /// The whole API.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {

@@ -12,11 +12,9 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use crate::auth::AuthUser;
 use crate::domain::{Customer, NewOrder, NewOrderRequest, OrderLine, OrderStatus};
-use crate::error::ApiError;
-use crate::routes::JsonBody;
 use crate::startup::AppState;
+use eda_http::{ApiError, AuthUser, JsonBody};
 
 /// The routes of this resource.
 pub fn router() -> Router<AppState> {
@@ -85,15 +83,16 @@ fn event(
     user: &AuthUser,
     body: &impl Serialize,
 ) -> Result<OutboxEvent, ApiError> {
-    Ok(OutboxEvent::json(
+    OutboxEvent::json(
         &state.topic,
         "Order",
         &order_id.to_string(),
         event_type,
         revision,
         body,
-    )?
-    .with_header("user-id", user.user_id.clone())?)
+    )
+    .and_then(|e| e.with_header("user-id", user.user_id.clone()))
+    .map_err(ApiError::internal)
 }
 
 /// Writes the event the way the configured mode says: into the outbox now (same
@@ -106,7 +105,7 @@ async fn emit(
     if state.direct.is_some() {
         return Ok(Some(event));
     }
-    enqueue(conn, &event).await?;
+    enqueue(conn, &event).await.map_err(ApiError::internal)?;
     Ok(None)
 }
 
@@ -213,7 +212,7 @@ async fn create_order(
 
     let view = load(&state, &user, order_id)
         .await?
-        .ok_or(ApiError::NotFound)?;
+        .ok_or(ApiError::NotFound("order"))?;
     tracing::info!(
         total_cents = total,
         lines = view.lines.len(),
@@ -290,7 +289,7 @@ fn view_from_row(
     Ok(OrderView {
         id: row.get("id"),
         status: OrderStatus::parse(&status).ok_or_else(|| {
-            ApiError::Internal(crate::error::anyhow_like::Internal(
+            ApiError::Internal(eda_http::anyhow_like::Internal(
                 format!("unknown status {status}").into(),
             ))
         })?,
@@ -317,7 +316,7 @@ async fn get_order(
     load(&state, &user, id)
         .await?
         .map(Json)
-        .ok_or(ApiError::NotFound)
+        .ok_or(ApiError::NotFound("order"))
 }
 
 /// Query of `GET /orders`.
@@ -395,7 +394,7 @@ async fn cancel_order(
     .bind(&user.user_id)
     .fetch_optional(&mut *tx)
     .await?
-    .ok_or(ApiError::NotFound)?;
+    .ok_or(ApiError::NotFound("order"))?;
     let status = OrderStatus::parse(row.get("status"));
     let revision: i64 = row.get("revision");
     let pending = match status {
@@ -429,7 +428,7 @@ async fn cancel_order(
     load(&state, &user, id)
         .await?
         .map(Json)
-        .ok_or(ApiError::NotFound)
+        .ok_or(ApiError::NotFound("order"))
 }
 
 fn hex(bytes: &[u8]) -> String {

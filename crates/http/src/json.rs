@@ -5,8 +5,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::domain::ValidationError;
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 
 /// `axum::Json`, with rejections mapped to [`ApiError`]: malformed JSON is 400, a wrong or
 /// unknown field is 422, a body over the limit is 413, a missing JSON content type is 415.
@@ -32,10 +31,9 @@ fn map_rejection(rejection: &JsonRejection) -> ApiError {
     match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
-        StatusCode::UNPROCESSABLE_ENTITY => ApiError::Validation(vec![ValidationError {
-            field: "body".to_owned(),
-            message: rejection.body_text(),
-        }]),
+        StatusCode::UNPROCESSABLE_ENTITY => {
+            ApiError::Validation(vec![FieldError::new("body", rejection.body_text())])
+        }
         _ => ApiError::BadRequest(rejection.body_text()),
     }
 }

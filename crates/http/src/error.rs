@@ -6,7 +6,24 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::domain::ValidationError;
+/// A field that failed validation, with a message a client can show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Path of the field, e.g. `lines[2].quantity`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// What a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +36,13 @@ pub enum ApiError {
     Unauthorized(String),
     /// Well-formed request with invalid values.
     #[error("the request has invalid fields")]
-    Validation(Vec<ValidationError>),
+    Validation(Vec<FieldError>),
     /// Not there, or not the caller's (the two are indistinguishable on purpose).
-    #[error("order not found")]
-    NotFound,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The caller is authenticated but lacks a role.
+    #[error("{0}")]
+    Forbidden(String),
     /// The order's state does not allow the operation.
     #[error("{0}")]
     Conflict(String),
@@ -57,8 +77,9 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<eda_outbox::Error> for ApiError {
-    fn from(err: eda_outbox::Error) -> Self {
+impl ApiError {
+    /// Wraps any error as an internal one (logged, never shown to the client).
+    pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Internal(anyhow_like::Internal(Box::new(err)))
     }
 }
@@ -71,7 +92,7 @@ struct Problem<'a> {
     status: u16,
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [ValidationError]>,
+    errors: Option<&'a [FieldError]>,
 }
 
 impl IntoResponse for ApiError {
@@ -79,8 +100,9 @@ impl IntoResponse for ApiError {
         let (status, title) = match &self {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "Bad request"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid order"),
-            Self::NotFound => (StatusCode::NOT_FOUND, "Not found"),
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid request"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             Self::IdempotencyKeyReused => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "Idempotency-Key reused")

@@ -1,14 +1,18 @@
 //! Bearer tokens: HS256 JWTs whose `sub` is the user id. `pitfall-lab token --user alice`
-//! (or [`issue_token`]) mints development tokens for curl.
+//! (or [`issue_token`]) mints development tokens for curl. Handlers take an [`AuthUser`]
+//! argument; the state provides the key through `FromRef<State> for JwtSecret`.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+
+/// The HS256 key, extracted from the application state with `FromRef`.
+#[derive(Debug, Clone)]
+pub struct JwtSecret(pub std::sync::Arc<str>);
 
 /// The claims this system reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,13 +80,27 @@ pub fn verify(secret: &str, token: &str) -> Result<AuthUser, ApiError> {
     })
 }
 
-impl FromRequestParts<AppState> for AuthUser {
+impl AuthUser {
+    /// Refuses callers without `role` (403).
+    pub fn require_role(&self, role: &str) -> Result<(), ApiError> {
+        if self.roles.iter().any(|r| r == role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this operation needs the {role} role"
+            )))
+        }
+    }
+}
+
+impl<S> FromRequestParts<S> for AuthUser
+where
+    S: Send + Sync,
+    JwtSecret: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let value = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
             ApiError::Unauthorized("missing Authorization: Bearer <token> header".to_owned())
         })?;
@@ -97,7 +115,7 @@ impl FromRequestParts<AppState> for AuthUser {
                     "the Authorization header must be: Bearer <token>".to_owned(),
                 )
             })?;
-        verify(&state.jwt_secret, token)
+        verify(&JwtSecret::from_ref(state).0, token)
     }
 }
 
