@@ -36,6 +36,12 @@ pub struct Settings {
     pub kafka_bootstrap_servers: String,
     /// `ORDER_EVENTS_TOPIC`, default `order.events`.
     pub order_events_topic: String,
+    /// `INVENTORY_EVENTS_TOPIC` (consumed: reservation outcomes), default `inventory.events`.
+    pub inventory_events_topic: String,
+    /// `CONSUMER_GROUP`, default `order-service`.
+    pub consumer_group: String,
+    /// `IDEMPOTENCY`: `on` (default), `offsets`, or `off` (pitfall 5).
+    pub dedupe: eda_idempotent_consumer::Dedupe,
     /// `JWT_SECRET`: HS256 key for bearer tokens. Never logged.
     pub jwt_secret: String,
     /// `PUBLISH_MODE`: `outbox` (default) or `direct`.
@@ -99,6 +105,16 @@ impl Settings {
                 )));
             }
         };
+        let dedupe = match var("IDEMPOTENCY").as_deref() {
+            None | Some("on") => eda_idempotent_consumer::Dedupe::EventId,
+            Some("offsets") => eda_idempotent_consumer::Dedupe::Offsets,
+            Some("off") => eda_idempotent_consumer::Dedupe::Off,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "IDEMPOTENCY={other:?}: expected on, offsets or off"
+                )));
+            }
+        };
         let jwt_secret = var("JWT_SECRET").unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
         if jwt_secret.len() < 16 {
             return Err(ConfigError(
@@ -114,6 +130,10 @@ impl Settings {
                 .unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
             order_events_topic: var("ORDER_EVENTS_TOPIC")
                 .unwrap_or_else(|| "order.events".to_owned()),
+            inventory_events_topic: var("INVENTORY_EVENTS_TOPIC")
+                .unwrap_or_else(|| "inventory.events".to_owned()),
+            consumer_group: var("CONSUMER_GROUP").unwrap_or_else(|| "order-service".to_owned()),
+            dedupe,
             jwt_secret,
             publish_mode,
             relay_mode,

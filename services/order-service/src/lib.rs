@@ -13,8 +13,10 @@
 //! - [`domain`]: validated types. Bearer tokens and problem+json errors come from `eda-http`
 //!   ([`auth`] re-exports its token functions for tools and tests).
 //! - [`publisher`]: the two ways an event leaves the service.
+//! - [`consumers`]: reservation outcomes from inventory-service (the saga's second half).
 
 pub mod configuration;
+pub mod consumers;
 pub mod domain;
 pub mod publisher;
 pub mod routes;

@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::{DEV_JWT_SECRET, PublishMode, RelayMode, Settings};
+use crate::consumers::InventoryOutcomes;
 use crate::publisher::DirectPublisher;
+use eda_idempotent_consumer::{Consumer, ConsumerConfig, ConsumerMetrics};
 
 /// The service's own schema (orders, items, idempotency keys). The outbox table comes from
 /// `eda_outbox::migrate`, recorded in its own migrations table.
@@ -33,6 +35,10 @@ pub struct AppState {
     pub direct: Option<DirectPublisher>,
     /// `Some` when the in-process relay runs.
     pub relay_metrics: Option<Arc<RelayMetrics>>,
+    /// Consumer counters (reservation outcomes).
+    pub consumer_metrics: Arc<ConsumerMetrics>,
+    /// Consumer group (metrics label).
+    pub consumer_group: Arc<str>,
     /// A Kafka client for readiness checks.
     pub kafka_probe: Arc<BaseProducer>,
 }
@@ -84,6 +90,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     relay: Option<Relay>,
+    consumer: Consumer<InventoryOutcomes>,
     settings: Settings,
 }
 
@@ -102,6 +109,9 @@ impl Application {
         eda_outbox::migrate(&pool)
             .await
             .map_err(|e| StartupError::Migrations(e.to_string()))?;
+        eda_idempotent_consumer::migrate(&pool)
+            .await
+            .map_err(|e| StartupError::Migrations(e.to_string()))?;
         MIGRATOR
             .run(&pool)
             .await
@@ -115,17 +125,32 @@ impl Application {
             PublishMode::Direct => Some(DirectPublisher::new(&settings.kafka_bootstrap_servers)?),
             PublishMode::Outbox => None,
         };
-        let relay = match (settings.publish_mode, settings.relay_mode) {
-            (PublishMode::Outbox, RelayMode::InProcess) => Some(Relay::new(
+        // The relay runs in both publish modes: in direct mode only the HTTP handlers bypass the
+        // outbox; the saga's events (OrderConfirmed/OrderRejected) still go through it.
+        let relay = (settings.relay_mode == RelayMode::InProcess).then(|| {
+            Relay::new(
                 pool.clone(),
                 kafka,
                 RelayConfig {
                     poll_interval: settings.relay_poll_interval,
+                    retention: settings.outbox_retention,
                     ..RelayConfig::default()
                 },
-            )),
-            _ => None,
-        };
+            )
+        });
+        let mut consumer_config = ConsumerConfig::new(
+            &settings.kafka_bootstrap_servers,
+            &settings.consumer_group,
+            &[&settings.inventory_events_topic],
+        );
+        consumer_config.dedupe = settings.dedupe;
+        let consumer = Consumer::new(
+            pool.clone(),
+            consumer_config,
+            InventoryOutcomes {
+                order_topic: settings.order_events_topic.clone(),
+            },
+        );
 
         let addr = SocketAddr::new(settings.http_host, settings.http_port);
         let listener = TcpListener::bind(addr)
@@ -137,12 +162,15 @@ impl Application {
             topic: settings.order_events_topic.as_str().into(),
             direct,
             relay_metrics: relay.as_ref().map(Relay::metrics),
+            consumer_metrics: consumer.metrics(),
+            consumer_group: settings.consumer_group.as_str().into(),
             kafka_probe,
         };
         Ok(Self {
             listener,
             state,
             relay,
+            consumer,
             settings,
         })
     }
@@ -165,19 +193,19 @@ impl Application {
             listener,
             state,
             relay,
+            consumer,
             settings,
         } = self;
         let workers = CancellationToken::new();
+        let consumer_task = tokio::spawn(consumer.run(workers.clone()));
         let relay_task = relay.map(|relay| tokio::spawn(relay.run(workers.clone())));
-        let janitor_task = (settings.publish_mode == PublishMode::Outbox
-            && settings.relay_mode == RelayMode::Debezium)
-            .then(|| {
-                tokio::spawn(debezium_mode_janitor(
-                    state.pool.clone(),
-                    settings.outbox_retention,
-                    workers.clone(),
-                ))
-            });
+        let janitor_task = (settings.relay_mode == RelayMode::Debezium).then(|| {
+            tokio::spawn(debezium_mode_janitor(
+                state.pool.clone(),
+                settings.outbox_retention,
+                workers.clone(),
+            ))
+        });
         tracing::info!(
             addr = %listener.local_addr().map_err(StartupError::Serve)?,
             publish_mode = ?settings.publish_mode,
@@ -192,6 +220,15 @@ impl Application {
             .await;
 
         workers.cancel();
+        // The consumer first: its last transaction may enqueue events the relay should publish.
+        match tokio::time::timeout(settings.shutdown_timeout, consumer_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::error!(error = %err, "the consumer failed"),
+            Ok(Err(err)) => tracing::error!(error = %err, "the consumer task panicked"),
+            Err(_) => {
+                tracing::warn!("the consumer did not stop in time; its event will be redelivered");
+            }
+        }
         if let Some(task) = relay_task
             && tokio::time::timeout(settings.shutdown_timeout, task)
                 .await

@@ -526,6 +526,7 @@ async fn http(env: &Env, seconds: u64, concurrency: usize) -> Result<(), BoxErro
     for mode in [PublishMode::Outbox, PublishMode::Direct] {
         let (db, pool) = scratch_database(env).await?;
         let topic = create_topic(env, 6).await?;
+        let inventory_topic = create_topic(env, 6).await?;
         let secret = "bench-secret-0123456789abcdef".to_owned();
         let settings = Settings {
             http_host: [127, 0, 0, 1].into(),
@@ -533,6 +534,9 @@ async fn http(env: &Env, seconds: u64, concurrency: usize) -> Result<(), BoxErro
             database_url: env.database_url(&db),
             kafka_bootstrap_servers: env.bootstrap.clone(),
             order_events_topic: topic.clone(),
+            inventory_events_topic: inventory_topic.clone(),
+            consumer_group: unique("bench-order-service"),
+            dedupe: eda_idempotent_consumer::Dedupe::EventId,
             jwt_secret: secret.clone(),
             publish_mode: mode,
             relay_mode: RelayMode::InProcess,
@@ -604,6 +608,7 @@ async fn http(env: &Env, seconds: u64, concurrency: usize) -> Result<(), BoxErro
         let _ = tx_stop.send(());
         server.await??;
         delete_topic(env, &topic).await;
+        delete_topic(env, &inventory_topic).await;
         drop_database(env, &db, pool).await?;
     }
     report(&out);

@@ -19,6 +19,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         Some(relay) => relay.render(&state.pool).await?,
         None => String::new(),
     };
+    body.push_str(&state.consumer_metrics.render(&state.consumer_group));
     if let Some(direct) = &state.direct {
         body.push_str("# HELP direct_publish_failures_total Events lost by PUBLISH_MODE=direct.\n");
         body.push_str("# TYPE direct_publish_failures_total counter\n");

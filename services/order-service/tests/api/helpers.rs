@@ -30,12 +30,17 @@ pub async fn spawn_app_configured(publish_mode: PublishMode, relay_mode: RelayMo
     let stack = Stack::from_env();
     let db = TempDatabase::create(&stack).await;
     let topic = create_topic(&stack, 6).await;
+    let inventory_topic = create_topic(&stack, 6).await;
+    eda_test_support::create_topic_named(&stack, &format!("{inventory_topic}.dlq"), 1).await;
     let settings = Settings {
         http_host: [127, 0, 0, 1].into(),
         http_port: 0,
         database_url: db.url.clone(),
         kafka_bootstrap_servers: stack.kafka_bootstrap_servers.clone(),
         order_events_topic: topic.clone(),
+        inventory_events_topic: inventory_topic.clone(),
+        consumer_group: eda_test_support::unique("order-service"),
+        dedupe: eda_idempotent_consumer::Dedupe::EventId,
         jwt_secret: SECRET.to_owned(),
         publish_mode,
         relay_mode,

@@ -1,0 +1,5 @@
+//! Event handlers run by `eda-idempotent-consumer`.
+
+mod orders;
+
+pub use orders::OrderEvents;

@@ -1,0 +1,24 @@
+//! HTTP routes, one module per resource.
+
+pub mod health;
+pub mod inventory;
+pub mod metrics;
+pub mod openapi;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tower_http::trace::TraceLayer;
+
+use crate::startup::AppState;
+
+/// The whole API.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .merge(inventory::router())
+        .merge(health::router())
+        .merge(metrics::router())
+        .merge(openapi::router())
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,204 @@
+//! Builds the application (pool, migrations, outbox relay, consumer, router) and runs it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eda_idempotent_consumer::{Consumer, ConsumerConfig, ConsumerMetrics, Dedupe};
+use eda_outbox::{Relay, RelayConfig, RelayMetrics};
+use rdkafka::ClientConfig;
+use rdkafka::producer::BaseProducer;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::configuration::Settings;
+use crate::consumers::OrderEvents;
+
+pub use eda_http::shutdown_signal;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/inventory-service");
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Database pool.
+    pub pool: PgPool,
+    /// HS256 key.
+    pub jwt_secret: Arc<str>,
+    /// Outbox relay counters.
+    pub relay_metrics: Arc<RelayMetrics>,
+    /// Consumer counters.
+    pub consumer_metrics: Arc<ConsumerMetrics>,
+    /// Consumer group (metrics label).
+    pub consumer_group: Arc<str>,
+    /// Kafka client for readiness.
+    pub kafka_probe: Arc<BaseProducer>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("consumer_group", &self.consumer_group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl axum::extract::FromRef<AppState> for eda_http::JwtSecret {
+    fn from_ref(state: &AppState) -> Self {
+        Self(Arc::clone(&state.jwt_secret))
+    }
+}
+
+/// Start-up failures, naming what could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// PostgreSQL unreachable.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migrations failed: {0}")]
+    Migrations(String),
+    /// Kafka client refused its configuration.
+    #[error("cannot create a Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Port taken or address invalid.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("HTTP server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A built, not yet running, inventory-service.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    relay: Relay,
+    consumer: Consumer<OrderEvents>,
+    settings: Settings,
+}
+
+impl Application {
+    /// Connects, migrates, creates the Kafka clients and binds the port.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&settings.database_url)
+            .await
+            .map_err(StartupError::Database)?;
+        eda_outbox::migrate(&pool)
+            .await
+            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+        eda_idempotent_consumer::migrate(&pool)
+            .await
+            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+
+        let mut kafka = ClientConfig::new();
+        kafka.set("bootstrap.servers", &settings.kafka_bootstrap_servers);
+        let kafka_probe = Arc::new(kafka.create::<BaseProducer>()?);
+        let relay = Relay::new(pool.clone(), kafka, RelayConfig::default());
+        let mut consumer_config = ConsumerConfig::new(
+            &settings.kafka_bootstrap_servers,
+            &settings.consumer_group,
+            &[&settings.order_events_topic],
+        );
+        consumer_config.dedupe = settings.dedupe;
+        let handler = OrderEvents {
+            inventory_topic: settings.inventory_events_topic.clone(),
+            naive: settings.dedupe == Dedupe::Off,
+        };
+        let consumer = Consumer::new(pool.clone(), consumer_config, handler);
+
+        let addr = SocketAddr::new(settings.http_host, settings.http_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let state = AppState {
+            pool,
+            jwt_secret: settings.jwt_secret.as_str().into(),
+            relay_metrics: relay.metrics(),
+            consumer_metrics: consumer.metrics(),
+            consumer_group: settings.consumer_group.as_str().into(),
+            kafka_probe,
+        };
+        Ok(Self {
+            listener,
+            state,
+            relay,
+            consumer,
+            settings,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or_default()
+    }
+
+    /// Serves until `shutdown` resolves; then drains HTTP, stops the consumer after its event
+    /// in flight and the relay after its batch, within `SHUTDOWN_TIMEOUT_SECS`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self {
+            listener,
+            state,
+            relay,
+            consumer,
+            settings,
+        } = self;
+        let workers = CancellationToken::new();
+        let relay_task = tokio::spawn(relay.run(workers.clone()));
+        let consumer_task = tokio::spawn(consumer.run(workers.clone()));
+        tracing::info!(
+            addr = %listener.local_addr().map_err(StartupError::Serve)?,
+            consumes = %settings.order_events_topic,
+            produces = %settings.inventory_events_topic,
+            dedupe = ?settings.dedupe,
+            "inventory-service listening"
+        );
+        let app = crate::routes::router(state.clone(), settings.max_body_bytes);
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        workers.cancel();
+        // The consumer first: its last transaction may enqueue events the relay should publish.
+        match tokio::time::timeout(settings.shutdown_timeout, consumer_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::error!(error = %err, "the consumer failed"),
+            Ok(Err(err)) => tracing::error!(error = %err, "the consumer task panicked"),
+            Err(_) => {
+                tracing::warn!("the consumer did not stop in time; its event will be redelivered");
+            }
+        }
+        if tokio::time::timeout(settings.shutdown_timeout, relay_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the outbox relay did not stop in time; its unmarked rows will be republished"
+            );
+        }
+        state.pool.close().await;
+        tracing::info!("inventory-service stopped");
+        served.map_err(StartupError::Serve)
+    }
+}

@@ -1,0 +1,152 @@
+use std::time::Duration;
+
+use eda_idempotent_consumer::Dedupe;
+use eda_test_support::{Stack, TempDatabase, create_topic, create_topic_named, unique};
+use reqwest::Response;
+use serde_json::Value;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+pub fn token(user: &str, roles: &[&str]) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+    eda_http::issue_token(SECRET, user, &roles, Duration::from_secs(600)).unwrap()
+}
+
+/// A running service: its base URL and a way to stop it.
+pub struct Running {
+    pub address: String,
+    /// Kept alive for the service; dropped (and the database with it) at the end.
+    _db: TempDatabase,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(30), server)
+                .await
+                .expect("stops in bounded time")
+                .unwrap();
+        }
+    }
+}
+
+/// Topics one test's services share.
+pub struct Topics {
+    pub orders: String,
+    pub inventory: String,
+}
+
+pub async fn topics(stack: &Stack) -> Topics {
+    let orders = create_topic(stack, 6).await;
+    let inventory = create_topic(stack, 6).await;
+    create_topic_named(stack, &format!("{orders}.dlq"), 1).await;
+    create_topic_named(stack, &format!("{inventory}.dlq"), 1).await;
+    Topics { orders, inventory }
+}
+
+pub async fn spawn_inventory(stack: &Stack, topics: &Topics, dedupe: Dedupe) -> Running {
+    let db = TempDatabase::create(stack).await;
+    let settings = inventory_service::configuration::Settings {
+        http_host: [127, 0, 0, 1].into(),
+        http_port: 0,
+        database_url: db.url.clone(),
+        kafka_bootstrap_servers: stack.kafka_bootstrap_servers.clone(),
+        order_events_topic: topics.orders.clone(),
+        inventory_events_topic: topics.inventory.clone(),
+        consumer_group: unique("inventory"),
+        dedupe,
+        jwt_secret: SECRET.to_owned(),
+        max_body_bytes: 16 * 1024,
+        shutdown_timeout: Duration::from_secs(10),
+    };
+    let app = inventory_service::startup::Application::build(settings)
+        .await
+        .expect("inventory-service builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        app.run_until_stopped(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("inventory-service runs");
+    });
+    Running {
+        address,
+        _db: db,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+pub async fn spawn_orders(stack: &Stack, topics: &Topics) -> Running {
+    use order_service::configuration::{PublishMode, RelayMode, Settings};
+    let db = TempDatabase::create(stack).await;
+    let settings = Settings {
+        http_host: [127, 0, 0, 1].into(),
+        http_port: 0,
+        database_url: db.url.clone(),
+        kafka_bootstrap_servers: stack.kafka_bootstrap_servers.clone(),
+        order_events_topic: topics.orders.clone(),
+        inventory_events_topic: topics.inventory.clone(),
+        consumer_group: unique("orders"),
+        dedupe: Dedupe::EventId,
+        jwt_secret: SECRET.to_owned(),
+        publish_mode: PublishMode::Outbox,
+        relay_mode: RelayMode::InProcess,
+        max_body_bytes: 64 * 1024,
+        relay_poll_interval: Duration::from_millis(200),
+        shutdown_timeout: Duration::from_secs(10),
+        outbox_retention: Duration::from_secs(3600),
+    };
+    let app = order_service::startup::Application::build(settings)
+        .await
+        .expect("order-service builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        app.run_until_stopped(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("order-service runs");
+    });
+    Running {
+        address,
+        _db: db,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+pub async fn set_stock(
+    client: &reqwest::Client,
+    inventory: &Running,
+    sku: &str,
+    available: i64,
+) -> Response {
+    client
+        .put(format!("{}/inventory/{sku}", inventory.address))
+        .bearer_auth(token("admin", &["admin"]))
+        .json(&serde_json::json!({ "available": available }))
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn stock(client: &reqwest::Client, inventory: &Running, sku: &str) -> Value {
+    client
+        .get(format!("{}/inventory/{sku}", inventory.address))
+        .bearer_auth(token("alice", &[]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

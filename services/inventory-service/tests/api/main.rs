@@ -1,0 +1,6 @@
+//! inventory-service against the real stack: its HTTP API, and the whole saga with order-service
+//! running beside it (each test with its own databases and topics).
+
+mod helpers;
+mod saga;
+mod stock;

@@ -1,0 +1,86 @@
+//! The order saga's second half: `inventory.events` → the order becomes CONFIRMED or REJECTED
+//! (revision + 1) and says so with `OrderConfirmed` / `OrderRejected`, in the same transaction
+//! as the consumer's dedupe record.
+
+use eda_idempotent_consumer::{Event, Handler, HandlerError};
+use eda_outbox::{OutboxEvent, enqueue};
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Applies reservation outcomes to orders.
+#[derive(Debug, Clone)]
+pub struct InventoryOutcomes {
+    /// Where `OrderConfirmed` / `OrderRejected` go.
+    pub order_topic: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Outcome {
+    order_id: Uuid,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+impl InventoryOutcomes {
+    async fn decide(
+        &self,
+        event: &Event,
+        tx: &mut PgConnection,
+        status: &str,
+        event_type: &str,
+    ) -> Result<(), HandlerError> {
+        let outcome: Outcome = event.json()?;
+        // Only a PLACED order moves: a cancelled one stays cancelled (inventory releases its
+        // stock when it sees the cancel), and a decided one is not decided twice.
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "UPDATE orders SET status = $2, revision = revision + 1, updated_at = now() \
+             WHERE id = $1 AND status = 'PLACED' RETURNING revision, user_id",
+        )
+        .bind(outcome.order_id)
+        .bind(status)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((revision, user_id)) = row else {
+            tracing::info!(order.id = %outcome.order_id, outcome = event_type, "order not PLACED (cancelled, decided or unknown); nothing to do");
+            return Ok(());
+        };
+        let body =
+            json!({"order_id": outcome.order_id, "user_id": user_id, "reason": outcome.reason});
+        let mut out = OutboxEvent::json(
+            &self.order_topic,
+            "Order",
+            &outcome.order_id.to_string(),
+            event_type,
+            revision,
+            &body,
+        )
+        .and_then(|e| e.with_header("user-id", user_id))
+        .and_then(|e| e.with_header("causation-id", event.event_id.to_string()))
+        .map_err(|e| HandlerError::Permanent(format!("building {event_type}: {e}")))?;
+        if let Some(correlation) = event.header("correlation-id") {
+            out = out
+                .with_header("correlation-id", correlation)
+                .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        }
+        enqueue(tx, &out)
+            .await
+            .map_err(|e| HandlerError::Transient(Box::new(e)))?;
+        tracing::info!(order.id = %outcome.order_id, status, "order decided");
+        Ok(())
+    }
+}
+
+impl Handler for InventoryOutcomes {
+    async fn handle(&self, event: &Event, tx: &mut PgConnection) -> Result<(), HandlerError> {
+        match event.event_type.as_str() {
+            "InventoryReserved" => self.decide(event, tx, "CONFIRMED", "OrderConfirmed").await,
+            "InventoryRejected" => self.decide(event, tx, "REJECTED", "OrderRejected").await,
+            "InventoryReleased" => Ok(()),
+            other => Err(HandlerError::Permanent(format!(
+                "unknown event type {other} on the inventory topic"
+            ))),
+        }
+    }
+}
