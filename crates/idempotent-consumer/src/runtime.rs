@@ -35,6 +35,20 @@ pub enum Dedupe {
     Off,
 }
 
+impl std::str::FromStr for Dedupe {
+    type Err = String;
+
+    /// `on` (or `event-id`), `offsets`, `off`: the values of the services' `IDEMPOTENCY`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" | "event-id" => Ok(Self::EventId),
+            "offsets" => Ok(Self::Offsets),
+            "off" => Ok(Self::Off),
+            other => Err(format!("{other:?} is not one of on, offsets, off")),
+        }
+    }
+}
+
 /// Settings of one consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {

@@ -1,10 +1,11 @@
 //! Settings from environment variables, defaulting to the native stack (`infra/env.sh`).
 
-use std::env;
 use std::net::IpAddr;
-use std::time::Duration;
 
+pub use eda_http::config::ConfigError;
+use eda_http::config::{parse, var};
 use eda_idempotent_consumer::Dedupe;
+use std::time::Duration;
 
 /// Everything the service reads at start.
 #[derive(Debug, Clone)]
@@ -34,49 +35,13 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
 }
 
-/// A variable holds something unusable.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(String);
-
-fn var(name: &str) -> Option<String> {
-    env::var(name)
-        .ok()
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-}
-
-fn parse<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ConfigError> {
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| ConfigError(format!("{name}={v:?} is not valid"))),
-    }
-}
-
-/// The development key `infra/env.sh` uses.
-pub const DEV_JWT_SECRET: &str = "eda-pitfalls-dev-secret-change-me";
+pub use eda_http::config::DEV_JWT_SECRET;
 
 impl Settings {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let dedupe = match var("IDEMPOTENCY").as_deref() {
-            None | Some("on") => Dedupe::EventId,
-            Some("offsets") => Dedupe::Offsets,
-            Some("off") => Dedupe::Off,
-            Some(other) => {
-                return Err(ConfigError(format!(
-                    "IDEMPOTENCY={other:?}: expected on, offsets or off"
-                )));
-            }
-        };
-        let jwt_secret = var("JWT_SECRET").unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
-        if jwt_secret.len() < 16 {
-            return Err(ConfigError(
-                "JWT_SECRET must be at least 16 bytes".to_owned(),
-            ));
-        }
+        let dedupe = parse("IDEMPOTENCY", Dedupe::EventId)?;
+        let jwt_secret = eda_http::config::jwt_secret(DEV_JWT_SECRET)?;
         Ok(Self {
             http_host: parse("HTTP_HOST", IpAddr::from([127, 0, 0, 1]))?,
             http_port: parse("HTTP_PORT", 8081)?,

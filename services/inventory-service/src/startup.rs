@@ -46,6 +46,15 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+impl axum::extract::FromRef<AppState> for eda_http::health::HealthDeps {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            pool: state.pool.clone(),
+            kafka: Arc::clone(&state.kafka_probe),
+        }
+    }
+}
+
 impl axum::extract::FromRef<AppState> for eda_http::JwtSecret {
     fn from_ref(state: &AppState) -> Self {
         Self(Arc::clone(&state.jwt_secret))
@@ -165,9 +174,17 @@ impl Application {
             consumer,
             settings,
         } = self;
-        let workers = CancellationToken::new();
-        let relay_task = tokio::spawn(relay.run(workers.clone()));
-        let consumer_task = tokio::spawn(consumer.run(workers.clone()));
+        // Two stages: the consumer stops first (its last transaction may enqueue events), then
+        // the relay, so what the consumer wrote is still published.
+        let (consumer_stop, relay_stop) = (CancellationToken::new(), CancellationToken::new());
+        let consumer_task = tokio::spawn(consumer.run(consumer_stop.clone()));
+        let relay_task = tokio::spawn({
+            let stop = relay_stop.clone();
+            async move {
+                relay.run(stop).await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
         tracing::info!(
             addr = %listener.local_addr().map_err(StartupError::Serve)?,
             consumes = %settings.order_events_topic,
@@ -179,24 +196,10 @@ impl Application {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
-        workers.cancel();
-        // The consumer first: its last transaction may enqueue events the relay should publish.
-        match tokio::time::timeout(settings.shutdown_timeout, consumer_task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => tracing::error!(error = %err, "the consumer failed"),
-            Ok(Err(err)) => tracing::error!(error = %err, "the consumer task panicked"),
-            Err(_) => {
-                tracing::warn!("the consumer did not stop in time; its event will be redelivered");
-            }
-        }
-        if tokio::time::timeout(settings.shutdown_timeout, relay_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "the outbox relay did not stop in time; its unmarked rows will be republished"
-            );
-        }
+        consumer_stop.cancel();
+        eda_http::join_worker("consumer", consumer_task, settings.shutdown_timeout).await;
+        relay_stop.cancel();
+        eda_http::join_worker("outbox relay", relay_task, settings.shutdown_timeout).await;
         state.pool.close().await;
         tracing::info!("inventory-service stopped");
         served.map_err(StartupError::Serve)

@@ -1,8 +1,11 @@
 //! Settings from environment variables. Defaults match the native stack (`infra/env.sh`), so
 //! `cargo run -p order-service` works next to `make infra-up` with nothing set.
 
-use std::env;
 use std::net::IpAddr;
+
+pub use eda_http::config::ConfigError;
+use eda_http::config::{parse, var};
+use eda_idempotent_consumer::Dedupe;
 use std::time::Duration;
 
 /// How an order change reaches Kafka.
@@ -41,7 +44,7 @@ pub struct Settings {
     /// `CONSUMER_GROUP`, default `order-service`.
     pub consumer_group: String,
     /// `IDEMPOTENCY`: `on` (default), `offsets`, or `off` (pitfall 5).
-    pub dedupe: eda_idempotent_consumer::Dedupe,
+    pub dedupe: Dedupe,
     /// `JWT_SECRET`: HS256 key for bearer tokens. Never logged.
     pub jwt_secret: String,
     /// `PUBLISH_MODE`: `outbox` (default) or `direct`.
@@ -59,30 +62,7 @@ pub struct Settings {
     pub outbox_retention: Duration,
 }
 
-/// A variable holds something unusable. The message names the variable and the value's problem
-/// (never the value of a secret).
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(String);
-
-fn var(name: &str) -> Option<String> {
-    env::var(name)
-        .ok()
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-}
-
-fn parse<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ConfigError> {
-    match var(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| ConfigError(format!("{name}={v:?} is not valid"))),
-    }
-}
-
-/// The development key `infra/env.sh` uses; refused nowhere, but warned about.
-pub const DEV_JWT_SECRET: &str = "eda-pitfalls-dev-secret-change-me";
+pub use eda_http::config::DEV_JWT_SECRET;
 
 impl Settings {
     /// Reads the environment.
@@ -105,22 +85,8 @@ impl Settings {
                 )));
             }
         };
-        let dedupe = match var("IDEMPOTENCY").as_deref() {
-            None | Some("on") => eda_idempotent_consumer::Dedupe::EventId,
-            Some("offsets") => eda_idempotent_consumer::Dedupe::Offsets,
-            Some("off") => eda_idempotent_consumer::Dedupe::Off,
-            Some(other) => {
-                return Err(ConfigError(format!(
-                    "IDEMPOTENCY={other:?}: expected on, offsets or off"
-                )));
-            }
-        };
-        let jwt_secret = var("JWT_SECRET").unwrap_or_else(|| DEV_JWT_SECRET.to_owned());
-        if jwt_secret.len() < 16 {
-            return Err(ConfigError(
-                "JWT_SECRET must be at least 16 bytes".to_owned(),
-            ));
-        }
+        let dedupe = parse("IDEMPOTENCY", Dedupe::EventId)?;
+        let jwt_secret = eda_http::config::jwt_secret(DEV_JWT_SECRET)?;
         Ok(Self {
             http_host: parse("HTTP_HOST", IpAddr::from([127, 0, 0, 1]))?,
             http_port: parse("HTTP_PORT", 8080)?,

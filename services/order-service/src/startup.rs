@@ -43,6 +43,15 @@ pub struct AppState {
     pub kafka_probe: Arc<BaseProducer>,
 }
 
+impl axum::extract::FromRef<AppState> for eda_http::health::HealthDeps {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            pool: state.pool.clone(),
+            kafka: Arc::clone(&state.kafka_probe),
+        }
+    }
+}
+
 impl axum::extract::FromRef<AppState> for eda_http::JwtSecret {
     fn from_ref(state: &AppState) -> Self {
         Self(Arc::clone(&state.jwt_secret))
@@ -196,15 +205,24 @@ impl Application {
             consumer,
             settings,
         } = self;
+        // Two stages: the consumer stops first (its last transaction may enqueue events), then
+        // the relay and the janitor, so what the consumer wrote is still published.
+        let consumer_stop = CancellationToken::new();
         let workers = CancellationToken::new();
-        let consumer_task = tokio::spawn(consumer.run(workers.clone()));
-        let relay_task = relay.map(|relay| tokio::spawn(relay.run(workers.clone())));
+        let consumer_task = tokio::spawn(consumer.run(consumer_stop.clone()));
+        let relay_task = relay.map(|relay| {
+            let stop = workers.clone();
+            tokio::spawn(async move {
+                relay.run(stop).await;
+                Ok::<(), Infallible>(())
+            })
+        });
         let janitor_task = (settings.relay_mode == RelayMode::Debezium).then(|| {
-            tokio::spawn(debezium_mode_janitor(
-                state.pool.clone(),
-                settings.outbox_retention,
-                workers.clone(),
-            ))
+            let (pool, stop) = (state.pool.clone(), workers.clone());
+            tokio::spawn(async move {
+                debezium_mode_janitor(pool, settings.outbox_retention, stop).await;
+                Ok::<(), Infallible>(())
+            })
         });
         tracing::info!(
             addr = %listener.local_addr().map_err(StartupError::Serve)?,
@@ -219,27 +237,11 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await;
 
+        consumer_stop.cancel();
+        join_worker("consumer", consumer_task, settings.shutdown_timeout).await;
         workers.cancel();
-        // The consumer first: its last transaction may enqueue events the relay should publish.
-        match tokio::time::timeout(settings.shutdown_timeout, consumer_task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => tracing::error!(error = %err, "the consumer failed"),
-            Ok(Err(err)) => tracing::error!(error = %err, "the consumer task panicked"),
-            Err(_) => {
-                tracing::warn!("the consumer did not stop in time; its event will be redelivered");
-            }
-        }
-        if let Some(task) = relay_task
-            && tokio::time::timeout(settings.shutdown_timeout, task)
-                .await
-                .is_err()
-        {
-            tracing::warn!(
-                "the outbox relay did not stop in time; its unmarked rows will be republished"
-            );
-        }
-        if let Some(task) = janitor_task {
-            let _ = tokio::time::timeout(settings.shutdown_timeout, task).await;
+        for task in [relay_task, janitor_task].into_iter().flatten() {
+            join_worker("outbox", task, settings.shutdown_timeout).await;
         }
         if let Some(direct) = &state.direct {
             direct.flush(settings.shutdown_timeout);
@@ -277,4 +279,6 @@ async fn debezium_mode_janitor(pool: PgPool, retention: Duration, stop: Cancella
     }
 }
 
+use eda_http::join_worker;
 pub use eda_http::shutdown_signal;
+use std::convert::Infallible;

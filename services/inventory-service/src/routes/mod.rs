@@ -1,6 +1,5 @@
 //! HTTP routes, one module per resource.
 
-pub mod health;
 pub mod inventory;
 pub mod metrics;
 pub mod openapi;
@@ -15,7 +14,7 @@ use crate::startup::AppState;
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(inventory::router())
-        .merge(health::router())
+        .merge(eda_http::health::router())
         .merge(metrics::router())
         .merge(openapi::router())
         .layer(DefaultBodyLimit::max(max_body_bytes))
