@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod health;
 mod json;
+pub mod startup;
 
 pub use auth::{AuthUser, Claims, JwtSecret, issue_token, verify};
 pub use error::{ApiError, FieldError, anyhow_like};

@@ -1,16 +1,13 @@
 //! Builds the application (pool, migrations, outbox relay, consumer, router) and runs it.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use eda_idempotent_consumer::{Consumer, ConsumerConfig, ConsumerMetrics, Dedupe};
 use eda_outbox::{Relay, RelayConfig, RelayMetrics};
 use rdkafka::ClientConfig;
 use rdkafka::producer::BaseProducer;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -61,30 +58,7 @@ impl axum::extract::FromRef<AppState> for eda_http::JwtSecret {
     }
 }
 
-/// Start-up failures, naming what could not be reached.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    /// PostgreSQL unreachable.
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Database(#[source] sqlx::Error),
-    /// Migrations failed.
-    #[error("database migrations failed: {0}")]
-    Migrations(String),
-    /// Kafka client refused its configuration.
-    #[error("cannot create a Kafka client: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    /// Port taken or address invalid.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The server failed while running.
-    #[error("HTTP server error: {0}")]
-    Serve(#[source] std::io::Error),
-}
+pub use eda_http::startup::StartupError;
 
 /// A built, not yet running, inventory-service.
 #[derive(Debug)]
@@ -99,22 +73,17 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, creates the Kafka clients and binds the port.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(20)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&settings.database_url)
-            .await
-            .map_err(StartupError::Database)?;
+        let pool = eda_http::startup::connect_database(&settings.database_url).await?;
         eda_outbox::migrate(&pool)
             .await
-            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+            .map_err(StartupError::migrations)?;
         eda_idempotent_consumer::migrate(&pool)
             .await
-            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+            .map_err(StartupError::migrations)?;
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+            .map_err(StartupError::migrations)?;
 
         let mut kafka = ClientConfig::new();
         kafka.set("bootstrap.servers", &settings.kafka_bootstrap_servers);
@@ -132,10 +101,7 @@ impl Application {
         };
         let consumer = Consumer::new(pool.clone(), consumer_config, handler);
 
-        let addr = SocketAddr::new(settings.http_host, settings.http_port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let listener = eda_http::startup::bind(settings.http_host, settings.http_port).await?;
         let state = AppState {
             pool,
             jwt_secret: settings.jwt_secret.as_str().into(),

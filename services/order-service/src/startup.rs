@@ -1,7 +1,6 @@
 //! Builds the application and runs it until a shutdown signal.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,6 @@ use eda_outbox::{Relay, RelayConfig, RelayMetrics};
 use rdkafka::ClientConfig;
 use rdkafka::producer::BaseProducer;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -68,30 +66,7 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Start-up failures, each naming what could not be reached or set up.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    /// PostgreSQL unreachable or refusing.
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Database(#[source] sqlx::Error),
-    /// Migrations failed.
-    #[error("database migrations failed: {0}")]
-    Migrations(String),
-    /// Kafka client configuration refused.
-    #[error("cannot create a Kafka client: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    /// Port taken or address invalid.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The server failed while running.
-    #[error("HTTP server error: {0}")]
-    Serve(#[source] std::io::Error),
-}
+pub use eda_http::startup::StartupError;
 
 /// A built, not yet running, order-service.
 #[derive(Debug)]
@@ -109,22 +84,17 @@ impl Application {
         if settings.jwt_secret == DEV_JWT_SECRET {
             tracing::warn!("JWT_SECRET is the development default; set your own outside a laptop");
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(20)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&settings.database_url)
-            .await
-            .map_err(StartupError::Database)?;
+        let pool = eda_http::startup::connect_database(&settings.database_url).await?;
         eda_outbox::migrate(&pool)
             .await
-            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+            .map_err(StartupError::migrations)?;
         eda_idempotent_consumer::migrate(&pool)
             .await
-            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+            .map_err(StartupError::migrations)?;
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|e| StartupError::Migrations(e.to_string()))?;
+            .map_err(StartupError::migrations)?;
 
         let mut kafka = ClientConfig::new();
         kafka.set("bootstrap.servers", &settings.kafka_bootstrap_servers);
@@ -161,10 +131,7 @@ impl Application {
             },
         );
 
-        let addr = SocketAddr::new(settings.http_host, settings.http_port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let listener = eda_http::startup::bind(settings.http_host, settings.http_port).await?;
         let state = AppState {
             pool,
             jwt_secret: settings.jwt_secret.as_str().into(),
