@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: benchmarks against the running stack (started if needed). Prints numbers; never
 # fails on speed. Each benchmark uses its own database and topics. BENCH_ROWS, BENCH_MEMORY_ROWS,
-# BENCH_SECONDS shrink or grow the runs.
+# BENCH_SECONDS, BENCH_EVENTS shrink or grow the runs.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/.."
@@ -37,3 +37,4 @@ java -Xmx256m -cp "$EDA_CACHE_DIR/kafka-$KAFKA_VERSION/libs/*" -Dlog4j2.configur
 lab bench latency --rate 1000 --seconds "$seconds"
 lab bench http --seconds "$seconds" --concurrency 16
 lab bench memory --rows "$memory_rows"
+lab bench consumer --events "${BENCH_EVENTS:-100000}"

@@ -13,14 +13,17 @@
 //! - [`Dedupe`]: by event id (default) or by offsets kept in the database, or off (the pitfall).
 //! - [`revision`]: optimistic-locking helpers for aggregate revisions.
 //! - [`migrate`], [`prune_processed`]: schema and retention.
+//! - [`redrive`]: dead letters back to their topic, once fixed.
 
 mod event;
 mod metrics;
+mod redrive;
 pub mod revision;
 mod runtime;
 
 pub use event::{DecodeError, Event};
 pub use metrics::ConsumerMetrics;
+pub use redrive::{RedriveReport, redrive};
 pub use revision::{RevisionCheck, check_revision, expect_one_row};
 pub use runtime::{Consumer, ConsumerConfig, Dedupe, Handler};
 

@@ -29,11 +29,14 @@ const WAIT: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct Reserve {
     fail_first: AtomicU32,
+    /// The "fix" of the redrive test: Teleport events become acceptable.
+    teleport_ok: std::sync::atomic::AtomicBool,
 }
 
 impl Handler for Reserve {
     async fn handle(&self, event: &Event, tx: &mut PgConnection) -> Result<(), HandlerError> {
-        if event.event_type != "Reserve" {
+        let teleport = event.event_type == "Teleport" && self.teleport_ok.load(Ordering::SeqCst);
+        if event.event_type != "Reserve" && !teleport {
             return Err(HandlerError::Permanent(format!(
                 "unknown event type {}",
                 event.event_type
@@ -275,6 +278,7 @@ async fn transient_failures_are_retried_without_reordering_the_partition() {
     }
     let handler = Reserve {
         fail_first: AtomicU32::new(3),
+        ..Reserve::default()
     };
     let running = start(&s, &unique("g"), Dedupe::EventId, handler);
     let metrics = Arc::clone(&running.metrics);
@@ -399,4 +403,62 @@ async fn processed_records_are_pruned_by_age() {
         .await
         .unwrap();
     assert_eq!(left, 1);
+}
+
+#[tokio::test]
+async fn dead_letters_redriven_after_a_fix_are_applied_once() {
+    let s = setup().await;
+    let id = Uuid::now_v7().to_string();
+    produce(
+        &s.stack,
+        &s.topic,
+        "order-9",
+        &[("event-id", &id), ("event-type", "Teleport")],
+        b"{\"qty\":3}",
+    )
+    .await;
+    let group = unique("g");
+    start(&s, &group, Dedupe::EventId, Reserve::default())
+        .until(|m| m.dead_lettered() == 1)
+        .await;
+    assert_eq!(reserved(&s.pool).await, 0);
+
+    // The fix ships; the dead letter goes back and is applied.
+    let dlq = format!("{}.dlq", s.topic);
+    let first = eda_idempotent_consumer::redrive(
+        &s.stack.kafka_bootstrap_servers,
+        &dlq,
+        &unique("redrive"),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.redriven, 1);
+    let fixed = || Reserve {
+        teleport_ok: true.into(),
+        ..Reserve::default()
+    };
+    start(&s, &group, Dedupe::EventId, fixed())
+        .until(|m| m.processed() == 1)
+        .await;
+    assert_eq!(reserved(&s.pool).await, 3);
+
+    // Redriving again (another operator, another redrive group) is harmless: deduplicated.
+    let again = eda_idempotent_consumer::redrive(
+        &s.stack.kafka_bootstrap_servers,
+        &dlq,
+        &unique("redrive"),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.redriven, 1);
+    start(&s, &group, Dedupe::EventId, fixed())
+        .until(|m| m.duplicates() == 1)
+        .await;
+    assert_eq!(
+        reserved(&s.pool).await,
+        3,
+        "applied once however often it is redriven"
+    );
 }

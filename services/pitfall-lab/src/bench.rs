@@ -56,6 +56,12 @@ pub enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         rows: i64,
     },
+    /// Consumer throughput on the same events: dedupe by event id, offsets in the database, none.
+    Consumer {
+        /// Events in the topic.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+    },
     /// (internal) A relay process for the memory benchmark.
     #[command(hide = true)]
     RelayProcess {
@@ -265,6 +271,7 @@ pub async fn run(what: Bench) -> Result<(), BoxError> {
             concurrency,
         } => http(&env, seconds, concurrency).await,
         Bench::Memory { rows } => memory(&env, rows).await,
+        Bench::Consumer { events } => consumer(&env, events).await,
         Bench::RelayProcess { database_url } => relay_process(&env, &database_url).await,
     }
 }
@@ -689,5 +696,149 @@ async fn relay_process(env: &Env, database_url: &str) -> Result<(), BoxError> {
         },
     );
     relay.run(CancellationToken::new()).await;
+    Ok(())
+}
+
+/// The benchmark's handler: one counter row per aggregate, `n = n + 1` (not idempotent).
+struct Count;
+
+impl eda_idempotent_consumer::Handler for Count {
+    async fn handle(
+        &self,
+        event: &eda_idempotent_consumer::Event,
+        tx: &mut PgConnection,
+    ) -> Result<(), eda_idempotent_consumer::HandlerError> {
+        sqlx::query("INSERT INTO counters (key, n) VALUES ($1, 1) ON CONFLICT (key) DO UPDATE SET n = counters.n + 1")
+            .bind(event.key.as_deref().unwrap_or_default())
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn consumer(env: &Env, events: usize) -> Result<(), BoxError> {
+    use eda_idempotent_consumer::{Consumer, ConsumerConfig, Dedupe};
+    let topic = create_topic(env, 6).await?;
+    let dlq = format!("{topic}.dlq");
+    let admin: AdminClient<DefaultClientContext> = env.kafka().create()?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(&dlq, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
+    }
+    // The same events for every mode: 1,000 aggregates, contract headers, ~100-byte values.
+    let producer: rdkafka::producer::FutureProducer = env
+        .kafka()
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()?;
+    let payload = json!({"pad": "x".repeat(80)}).to_string();
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..events {
+        let (key, id) = (
+            format!("agg-{}", i % 1000),
+            uuid::Uuid::now_v7().to_string(),
+        );
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header {
+                key: "event-id",
+                value: Some(id.as_str()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "event-type",
+                value: Some("Counted"),
+            });
+        let record = rdkafka::producer::FutureRecord::to(&topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers);
+        // send_result enqueues now (the record is copied), so the key need not outlive the loop.
+        pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        if pending.len() >= 10_000 {
+            while let Some(r) = futures::StreamExt::next(&mut pending).await {
+                r?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    while let Some(r) = futures::StreamExt::next(&mut pending).await {
+        r?.map_err(|(e, _)| e)?;
+    }
+
+    let mut out = vec![format!(
+        "== consumer throughput: {events} events, 6 partitions, one transaction per event =="
+    )];
+    for (name, dedupe) in [
+        ("event-id dedupe", Dedupe::EventId),
+        ("offsets in db", Dedupe::Offsets),
+        ("no idempotency", Dedupe::Off),
+    ] {
+        let (db, pool) = scratch_database(env).await?;
+        eda_idempotent_consumer::migrate(&pool).await?;
+        sqlx::query("CREATE TABLE counters (key text PRIMARY KEY, n bigint NOT NULL)")
+            .execute(&pool)
+            .await?;
+        let mut config = ConsumerConfig::new(&env.bootstrap, &unique("bench"), &[&topic]);
+        config.dedupe = dedupe;
+        let consumer = Consumer::new(pool.clone(), config, Count);
+        let metrics = consumer.metrics();
+        let stop = CancellationToken::new();
+        let started = Instant::now();
+        let task = tokio::spawn(consumer.run(stop.clone()));
+        while metrics.processed() < events as u64 {
+            if started.elapsed() > Duration::from_secs(1800) {
+                return Err("consumer benchmark timed out".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        stop.cancel();
+        task.await??;
+        let mut line = format!(
+            "{name:<16}: {:>6.0} events/s ({secs:.1} s), process peak RSS {:.1} MiB",
+            events as f64 / secs,
+            peak_rss_mib()
+        );
+        if dedupe == Dedupe::EventId {
+            let (rows, bytes): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), pg_total_relation_size('processed_events') FROM processed_events",
+            )
+            .fetch_one(&pool)
+            .await?;
+            let pruned = eda_idempotent_consumer::prune_processed(&pool, Duration::ZERO).await?;
+            sqlx::query("VACUUM FULL processed_events")
+                .execute(&pool)
+                .await?;
+            let after: i64 =
+                sqlx::query_scalar("SELECT pg_total_relation_size('processed_events')")
+                    .fetch_one(&pool)
+                    .await?;
+            line.push_str(&format!(
+                "; processed_events {rows} rows / {:.1} MiB, after retention (prune {pruned} rows + VACUUM FULL) {:.2} MiB",
+                bytes as f64 / 1_048_576.0,
+                after as f64 / 1_048_576.0
+            ));
+        }
+        out.push(line);
+        drop_database(env, &db, pool).await?;
+    }
+    report(&out);
+    delete_topic(env, &topic).await;
+    delete_topic(env, &dlq).await;
     Ok(())
 }

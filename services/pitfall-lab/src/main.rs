@@ -1,6 +1,7 @@
 //! `pitfall-lab`: the reference system's lab bench.
 //!
 //! - `pitfall-lab token --user alice` prints a development bearer token for curl.
+//! - `pitfall-lab dlq redrive --topic order.events` sends dead letters back once fixed.
 //! - `pitfall-lab bench <what>` runs a benchmark against the running stack and prints numbers
 //!   (`make bench` runs them all). Benchmarks report; they never pass or fail on speed.
 
@@ -37,10 +38,36 @@ enum Command {
         #[arg(long, env = "JWT_SECRET", default_value = order_service::configuration::DEV_JWT_SECRET, hide_env_values = true)]
         secret: String,
     },
+    /// Dead letters.
+    Dlq {
+        #[command(subcommand)]
+        what: Dlq,
+    },
     /// Benchmarks against the running stack (`make infra-up`).
     Bench {
         #[command(subcommand)]
         what: bench::Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Dlq {
+    /// Send the dead letters of TOPIC (`TOPIC.dlq`) back to TOPIC, after fixing their cause.
+    /// Each is redriven once per --group; repeating is safe, consumers deduplicate.
+    Redrive {
+        /// The original topic, e.g. order.events.
+        #[arg(long)]
+        topic: String,
+        /// Consumer group that remembers what was redriven.
+        #[arg(long, default_value = "pitfall-lab-redrive")]
+        group: String,
+        /// Kafka bootstrap servers.
+        #[arg(
+            long,
+            env = "KAFKA_BOOTSTRAP_SERVERS",
+            default_value = "127.0.0.1:9092"
+        )]
+        bootstrap: String,
     },
 }
 
@@ -62,6 +89,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             #[allow(clippy::print_stdout)] // the token is the program's output
             {
                 println!("{token}");
+            }
+        }
+        Command::Dlq {
+            what:
+                Dlq::Redrive {
+                    topic,
+                    group,
+                    bootstrap,
+                },
+        } => {
+            let dlq = format!("{topic}.dlq");
+            let report =
+                eda_idempotent_consumer::redrive(&bootstrap, &dlq, &group, Duration::from_secs(3))
+                    .await?;
+            #[allow(clippy::print_stdout)] // the report is the program's output
+            {
+                println!(
+                    "{dlq}: {} redriven to {topic}, {} skipped (no dlq-original-topic)",
+                    report.redriven, report.skipped
+                );
             }
         }
         Command::Bench { what } => bench::run(what).await?,

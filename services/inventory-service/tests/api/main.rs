@@ -2,5 +2,6 @@
 //! running beside it (each test with its own databases and topics).
 
 mod helpers;
+mod redelivery;
 mod saga;
 mod stock;
