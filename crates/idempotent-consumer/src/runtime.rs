@@ -66,6 +66,10 @@ pub struct ConsumerConfig {
     pub backoff_max: Duration,
     /// Extra librdkafka settings for the consumer (e.g. `session.timeout.ms`).
     pub kafka_overrides: Vec<(String, String)>,
+    /// Processed-event records older than this are pruned (hourly, by the running consumer).
+    /// Keep it longer than the topics' retention (Kafka's default: 7 days), or a replay of
+    /// still-retained events applies them again. `None` turns pruning off.
+    pub retention: Option<Duration>,
 }
 
 impl ConsumerConfig {
@@ -79,6 +83,7 @@ impl ConsumerConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             kafka_overrides: Vec::new(),
+            retention: Some(Duration::from_secs(8 * 24 * 3600)),
         }
     }
 }
@@ -204,6 +209,21 @@ impl<H: Handler> Consumer<H> {
             .create()?;
         let lag_running = Arc::new(AtomicBool::new(false));
         let mut next_lag = tokio::time::Instant::now();
+        let pruner = self.config.retention.filter(|_| self.config.dedupe == Dedupe::EventId).map(|age| {
+            let (pool, stop) = (self.pool.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    match crate::prune_processed(&pool, age).await {
+                        Ok(0) => {}
+                        Ok(pruned) => tracing::info!(pruned, "processed-event records past retention deleted"),
+                        Err(err) => tracing::warn!(error = %err, "pruning processed-event records failed; will retry"),
+                    }
+                    if sleep_or_cancel(Duration::from_secs(3600), &stop).await {
+                        return;
+                    }
+                }
+            })
+        });
         tracing::info!(group = %self.config.group_id, topics = ?self.config.topics, dedupe = ?self.config.dedupe, "consumer started");
 
         loop {
@@ -240,6 +260,9 @@ impl<H: Handler> Consumer<H> {
         }
         let _ = consumer.commit_consumer_state(CommitMode::Sync);
         let _ = dlq.flush(Duration::from_secs(5));
+        if let Some(pruner) = pruner {
+            pruner.abort();
+        }
         tracing::info!(group = %self.config.group_id, "consumer stopped");
         Ok(())
     }

@@ -462,3 +462,25 @@ async fn dead_letters_redriven_after_a_fix_are_applied_once() {
         "applied once however often it is redriven"
     );
 }
+
+#[tokio::test]
+async fn without_dedupe_a_rewound_group_applies_the_event_again_each_time() {
+    // The pitfall on redelivery (crash before the offset commit, rebalance, rewind), measured.
+    let s = setup().await;
+    produce_reserve(&s.stack, &s.topic, Uuid::now_v7(), 7).await;
+    let group = unique("g");
+    start(&s, &group, Dedupe::Off, Reserve::default())
+        .until(|m| m.processed() == 1)
+        .await;
+    for _ in 0..2 {
+        rewind(&s.stack, &group, &s.topic);
+        start(&s, &group, Dedupe::Off, Reserve::default())
+            .until(|m| m.processed() == 1)
+            .await;
+    }
+    assert_eq!(
+        reserved(&s.pool).await,
+        21,
+        "delivered three times, reserved three times"
+    );
+}
