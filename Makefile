@@ -74,5 +74,5 @@ debezium-register: ## register the Debezium outbox connector for the orders data
 debezium-delete: ## remove the orders outbox connector
 	@infra/debezium/register.sh --delete orders
 
-clean-run: down ## stop everything and delete the stack's data (.run/); caches stay
-	rm -rf .run
+clean-run: services-down ## stop everything and delete the stack's data (.run/); caches stay
+	@infra/stack.sh clean

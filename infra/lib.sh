@@ -93,7 +93,8 @@ refuse_busy_port() {
 # run_as_service_user COMMAND...: PostgreSQL refuses to run as root; use the 'postgres' account then.
 run_as_service_user() {
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$@"
+    # From /, so a working directory the account cannot enter raises no warning.
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi

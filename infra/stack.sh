@@ -11,6 +11,7 @@
 #   infra/stack.sh urls                     where everything listens
 #   infra/stack.sh env                      `export` lines for clients (eval "$(infra/stack.sh env)")
 #   infra/stack.sh topics                   create the Kafka topics that are missing
+#   infra/stack.sh clean                    stop everything and delete its data (caches stay)
 #
 # With EDA_STARTED_FILE set, `up` appends the components it actually started to that file, so a
 # caller (make test) can stop exactly those afterwards.
@@ -102,6 +103,14 @@ cmd_env() {
   for v in "${EDA_EXPORTED_VARS[@]}"; do printf 'export %s=%q\n' "$v" "${!v}"; done
 }
 
+cmd_clean() {
+  cmd_down
+  pg_paths
+  [ "$PG_HOME" = "$EDA_RUN_DIR/postgres" ] || rm -rf "$(dirname "$PG_HOME")"
+  rm -rf "$EDA_RUN_DIR"
+  say "deleted $EDA_RUN_DIR"
+}
+
 case "${1:-}" in
   install) shift; cmd_install "$@" ;;
   up)      shift; cmd_up "$@" ;;
@@ -111,5 +120,6 @@ case "${1:-}" in
   urls)    shift; cmd_urls ;;
   env)     shift; cmd_env ;;
   topics)  shift; COMPONENT=kafka kafka_create_topics ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  clean)   shift; cmd_clean ;;
+  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -3,10 +3,23 @@
 # never touches (or depends on) a cluster the machine may already run.
 
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
-PG_HOME="$EDA_RUN_DIR/postgres"
-PG_DATA="$PG_HOME/data"
-PG_SOCK="$PG_HOME/sock"
-PG_LOG="$PG_HOME/postgres.log"
+
+# Where the cluster lives: $EDA_RUN_DIR/postgres, unless the server must run as the 'postgres'
+# account (we are root) and that account cannot reach $EDA_RUN_DIR (a checkout under /root, say);
+# then a directory under /var/tmp derived from $EDA_RUN_DIR, so each checkout keeps its own.
+pg_paths() {
+  PG_HOME="$EDA_RUN_DIR/postgres"
+  if [ "$(id -u)" -eq 0 ] && id postgres >/dev/null 2>&1; then
+    mkdir -p "$EDA_RUN_DIR"
+    if ! runuser -u postgres -- test -x "$EDA_RUN_DIR" 2>/dev/null; then
+      PG_HOME="/var/tmp/eda-pitfalls-$(printf '%s' "$EDA_RUN_DIR" | sha256sum | cut -c1-12)/postgres"
+    fi
+  fi
+  PG_DATA="$PG_HOME/data"
+  PG_SOCK="$PG_HOME/sock"
+  PG_LOG="$PG_HOME/postgres.log"
+}
+pg_paths
 
 postgres_install() {
   if [ ! -x "$PG_BIN/postgres" ]; then
@@ -29,9 +42,11 @@ postgres_running() { [ -f "$PG_DATA/postmaster.pid" ] && pg_ctl_ status >/dev/nu
 postgres_healthy() { postgres_running && "$PG_BIN/pg_isready" -q -h "$EDA_BIND_HOST" -p "$PG_PORT"; }
 
 postgres_start() {
+  pg_paths  # the 'postgres' account may only exist since postgres_install
   postgres_running && { postgres_ensure_databases; return 0; }
   refuse_busy_port "$PG_PORT" "PostgreSQL"
   mkdir -p "$PG_HOME" "$PG_SOCK"
+  [ "$PG_HOME" = "$EDA_RUN_DIR/postgres" ] || say "the 'postgres' account cannot reach $EDA_RUN_DIR; the cluster lives in $PG_HOME"
   if [ "$(id -u)" -eq 0 ]; then
     chown postgres:postgres "$PG_HOME" "$PG_SOCK"
     runuser -u postgres -- test -w "$PG_HOME" \
