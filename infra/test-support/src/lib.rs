@@ -386,6 +386,58 @@ pub fn stack_sh(args: &[&str]) {
     );
 }
 
+/// An application running in the test's runtime until [`Server::stop`]: the tests' way to run
+/// a service the same way `main` does (`run_until_stopped(shutdown)`), on a free port.
+#[derive(Debug)]
+pub struct Server {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Runs `run(shutdown)` in the background; `port` is what the application bound.
+    ///
+    /// # Panics
+    /// (In the background task) when the application returns an error.
+    pub fn spawn<Fut, E>(
+        port: u16,
+        run: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    ) -> Self
+    where
+        Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Debug,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = run(Box::pin(async move {
+            let _ = stopped.await;
+        }));
+        let handle = tokio::spawn(async move { running.await.expect("the application runs") });
+        Self {
+            address: format!("http://127.0.0.1:{port}"),
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    /// Graceful stop, waited for at most 30 s.
+    ///
+    /// # Panics
+    /// When the application does not stop in time or panicked.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("stops within 30 s")
+                .expect("the application task");
+        }
+    }
+}
+
 /// A name no other test run uses: tests isolate themselves by database, topic, group and key.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())

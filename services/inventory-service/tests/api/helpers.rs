@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use eda_idempotent_consumer::Dedupe;
-use eda_test_support::{Stack, TempDatabase, create_topic, create_topic_named, unique};
+use eda_test_support::{Server, Stack, TempDatabase, create_topic, create_topic_named, unique};
 use reqwest::Response;
 use serde_json::Value;
 
@@ -12,26 +12,17 @@ pub fn token(user: &str, roles: &[&str]) -> String {
     eda_http::issue_token(SECRET, user, &roles, Duration::from_secs(600)).unwrap()
 }
 
-/// A running service: its base URL and a way to stop it.
+/// A running service, and the database it owns.
 pub struct Running {
     pub address: String,
+    server: Server,
     /// Kept alive for the service; dropped (and the database with it) at the end.
     _db: TempDatabase,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            tokio::time::timeout(Duration::from_secs(30), server)
-                .await
-                .expect("stops in bounded time")
-                .unwrap();
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
@@ -67,20 +58,11 @@ pub async fn spawn_inventory(stack: &Stack, topics: &Topics, dedupe: Dedupe) -> 
     let app = inventory_service::startup::Application::build(settings)
         .await
         .expect("inventory-service builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(async move {
-        app.run_until_stopped(async move {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("inventory-service runs");
-    });
+    let server = Server::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown));
     Running {
-        address,
+        address: server.address.clone(),
+        server,
         _db: db,
-        stop: Some(stop),
-        server: Some(server),
     }
 }
 
@@ -107,20 +89,11 @@ pub async fn spawn_orders(stack: &Stack, topics: &Topics) -> Running {
     let app = order_service::startup::Application::build(settings)
         .await
         .expect("order-service builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(async move {
-        app.run_until_stopped(async move {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("order-service runs");
-    });
+    let server = Server::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown));
     Running {
-        address,
+        address: server.address.clone(),
+        server,
         _db: db,
-        stop: Some(stop),
-        server: Some(server),
     }
 }
 

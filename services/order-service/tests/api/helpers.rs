@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use eda_test_support::{Stack, TempDatabase, create_topic};
+use eda_test_support::{Server, Stack, TempDatabase, create_topic};
 use order_service::configuration::{PublishMode, RelayMode, Settings};
 use order_service::startup::Application;
 use reqwest::{Response, StatusCode};
@@ -14,8 +14,7 @@ pub struct TestApp {
     pub topic: String,
     pub db: TempDatabase,
     pub client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    server: Server,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -50,23 +49,15 @@ pub async fn spawn_app_configured(publish_mode: PublishMode, relay_mode: RelayMo
         outbox_retention: Duration::from_secs(3600),
     };
     let app = Application::build(settings).await.expect("the app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(async move {
-        app.run_until_stopped(async move {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("the app runs");
-    });
+    let server = Server::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown));
+    let address = server.address.clone();
     TestApp {
         address,
         stack,
         topic,
         db,
         client: reqwest::Client::new(),
-        stop: Some(stop),
-        server: Some(server),
+        server,
     }
 }
 
@@ -115,16 +106,8 @@ impl TestApp {
     }
 
     /// Graceful stop, bounded.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            tokio::time::timeout(Duration::from_secs(30), server)
-                .await
-                .expect("stops in bounded time")
-                .unwrap();
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
