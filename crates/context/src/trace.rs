@@ -1,0 +1,97 @@
+//! W3C trace context in and out, through sanitised header values. Uses the W3C propagators
+//! directly (not the global ones), so it works whether or not telemetry was initialised.
+
+use std::collections::HashMap;
+
+use opentelemetry::Context;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+use crate::sanitize;
+
+/// Baggage keys passed on; anything else is dropped at the boundary.
+pub const ALLOWED_BAGGAGE_KEYS: &[&str] = &["tenant", "region", "demo"];
+
+/// The trace context of an incoming request or event. Malformed values are ignored, so the
+/// result is then an empty context and the receiver starts a new trace.
+pub fn extract<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Context {
+    let mut carrier = HashMap::new();
+    if let Some(tp) = header("traceparent").and_then(sanitize::traceparent) {
+        carrier.insert("traceparent".to_owned(), tp);
+        if let Some(ts) = header("tracestate").and_then(sanitize::tracestate) {
+            carrier.insert("tracestate".to_owned(), ts);
+        }
+    }
+    if let Some(bg) = header("baggage").and_then(|b| sanitize::baggage(b, ALLOWED_BAGGAGE_KEYS)) {
+        carrier.insert("baggage".to_owned(), bg);
+    }
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    BaggagePropagator::new().extract_with_context(&cx, &carrier)
+}
+
+/// `traceparent`, `tracestate` and `baggage` for `cx`, in that order, skipping empty ones.
+pub fn inject(cx: &Context) -> Vec<(&'static str, String)> {
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(cx, &mut carrier);
+    BaggagePropagator::new().inject_context(cx, &mut carrier);
+    ["traceparent", "tracestate", "baggage"]
+        .into_iter()
+        .filter_map(|name| {
+            carrier
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| (name, v.clone()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt as _;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn from(pairs: &'static [(&'static str, &'static str)]) -> Context {
+        extract(|name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v))
+    }
+
+    #[test]
+    fn a_valid_traceparent_round_trips() {
+        let cx = from(&[
+            ("traceparent", TP),
+            ("tracestate", "vendor=abc"),
+            ("baggage", "tenant=acme,secret=x"),
+        ]);
+        assert_eq!(
+            cx.span().span_context().trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let out = inject(&cx);
+        assert_eq!(out[0], ("traceparent", TP.to_owned()));
+        assert_eq!(out[1], ("tracestate", "vendor=abc".to_owned()));
+        assert_eq!(
+            out[2],
+            ("baggage", "tenant=acme".to_owned()),
+            "unknown baggage keys never leave"
+        );
+    }
+
+    #[test]
+    fn malformed_trace_context_starts_a_new_trace_instead_of_failing() {
+        for pairs in [
+            &[("traceparent", "nonsense")][..],
+            &[(
+                "traceparent",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            )][..],
+            &[("tracestate", "vendor=abc")][..],
+        ] {
+            let pairs: &'static [(&'static str, &'static str)] =
+                Box::leak(pairs.to_vec().into_boxed_slice());
+            let cx = from(pairs);
+            assert!(!cx.span().span_context().is_valid(), "{pairs:?}");
+            assert!(inject(&cx).iter().all(|(k, _)| *k != "traceparent"));
+        }
+    }
+}
