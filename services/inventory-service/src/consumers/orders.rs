@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use eda_context::EventContext;
 use eda_idempotent_consumer::{Event, Handler, HandlerError, expect_one_row};
 use eda_outbox::{OutboxEvent, enqueue};
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,10 @@ impl OrderEvents {
         revision: i64,
         body: serde_json::Value,
     ) -> Result<(), HandlerError> {
-        let mut event = OutboxEvent::json(
+        // Context travels on, sanitised: same request, correlation and user; caused by `source`.
+        let context = EventContext::from_event(|name| source.header(name))
+            .caused_by(&source.event_id.to_string());
+        let event = OutboxEvent::json(
             &self.inventory_topic,
             "Reservation",
             &order_id.to_string(),
@@ -65,17 +69,13 @@ impl OrderEvents {
             revision,
             &body,
         )
-        .map_err(permanent("building the outgoing event"))?
-        .with_header("causation-id", source.event_id.to_string())
+        .and_then(|e| {
+            context
+                .headers()
+                .into_iter()
+                .try_fold(e, |e, (name, value)| e.with_header(name, value))
+        })
         .map_err(permanent("building the outgoing event"))?;
-        // Context travels on: the same correlation and user as the order event.
-        for header in ["correlation-id", "user-id", "request-id"] {
-            if let Some(value) = source.header(header) {
-                event = event
-                    .with_header(header, value)
-                    .map_err(permanent("copying context"))?;
-            }
-        }
         enqueue(tx, &event)
             .await
             .map_err(|e| HandlerError::Transient(Box::new(e)))

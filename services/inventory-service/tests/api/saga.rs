@@ -109,6 +109,28 @@ async fn orders_are_confirmed_with_stock_rejected_without_and_cancellation_relea
     );
     assert_eq!(stock(&c, &inv, "SKU-2").await["available"], 1);
 
+    // The outcome events carry the flow's context: the order's user, a correlation id, and the
+    // order event that caused them.
+    let outcomes = eda_test_support::consume_all(
+        &stack,
+        &t.inventory,
+        1,
+        Duration::from_secs(30),
+        Duration::ZERO,
+    )
+    .await;
+    let first = &outcomes[0];
+    assert_eq!(
+        eda_test_support::header(first, "user-id").as_deref(),
+        Some("alice")
+    );
+    assert!(eda_test_support::header(first, "correlation-id").is_some());
+    let cause = eda_test_support::header(first, "causation-id").expect("causation-id");
+    assert!(
+        uuid::Uuid::parse_str(&cause).is_ok(),
+        "the OrderPlaced event id: {cause}"
+    );
+
     orders.stop().await;
     inv.stop().await;
 }

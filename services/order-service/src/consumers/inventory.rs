@@ -2,6 +2,7 @@
 //! (revision + 1) and says so with `OrderConfirmed` / `OrderRejected`, in the same transaction
 //! as the consumer's dedupe record.
 
+use eda_context::EventContext;
 use eda_idempotent_consumer::{Event, Handler, HandlerError};
 use eda_outbox::{OutboxEvent, enqueue};
 use serde::Deserialize;
@@ -48,7 +49,11 @@ impl InventoryOutcomes {
         };
         let body =
             json!({"order_id": outcome.order_id, "user_id": user_id, "reason": outcome.reason});
-        let mut out = OutboxEvent::json(
+        // Context travels on, sanitised; the order's owner from our own row is the user.
+        let context = EventContext::from_event(|name| event.header(name))
+            .with_user(&user_id)
+            .caused_by(&event.event_id.to_string());
+        let out = OutboxEvent::json(
             &self.order_topic,
             "Order",
             &outcome.order_id.to_string(),
@@ -56,14 +61,13 @@ impl InventoryOutcomes {
             revision,
             &body,
         )
-        .and_then(|e| e.with_header("user-id", user_id))
-        .and_then(|e| e.with_header("causation-id", event.event_id.to_string()))
+        .and_then(|e| {
+            context
+                .headers()
+                .into_iter()
+                .try_fold(e, |e, (name, value)| e.with_header(name, value))
+        })
         .map_err(|e| HandlerError::Permanent(format!("building {event_type}: {e}")))?;
-        if let Some(correlation) = event.header("correlation-id") {
-            out = out
-                .with_header("correlation-id", correlation)
-                .map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        }
         enqueue(tx, &out)
             .await
             .map_err(|e| HandlerError::Transient(Box::new(e)))?;
