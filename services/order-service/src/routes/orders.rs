@@ -124,10 +124,13 @@ async fn create_order(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let order = NewOrder::parse(request).map_err(ApiError::Validation)?;
-    let request_hash = hex(&Sha256::digest(
-        serde_json::to_vec(&(&order.customer, order.currency.as_str(), &order.lines))
-            .unwrap_or_default(),
-    ));
+    let request_hash = format!(
+        "{:x}",
+        Sha256::digest(
+            serde_json::to_vec(&(&order.customer, order.currency.as_str(), &order.lines))
+                .unwrap_or_default()
+        )
+    );
 
     if let Some(key) = &key
         && let Some(existing) = find_by_idempotency_key(&state, &user, key, &request_hash).await?
@@ -429,8 +432,4 @@ async fn cancel_order(
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("order"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
