@@ -7,12 +7,26 @@
 //! dropped or replaced, never passed on raw. A user id read from a Kafka header is context for
 //! logs and traces, not a credential.
 //!
-//! This first part is transport-neutral: callers hand in a header lookup
-//! (`|name| headers.get(name)`) and get back `(name, value)` pairs to write. The HTTP layer,
-//! the Kafka and outbox hooks and the spans build on it.
+//! The core is transport-neutral: callers hand in a header lookup (`|name| headers.get(name)`)
+//! and get back `(name, value)` pairs to write. On top of it:
+//! - [`Propagation`]: `incoming` (ids + trace parent of a consumed event) and `outgoing`
+//!   (headers for an emitted event: ids + the current span's trace context), and the `off`
+//!   switch that reproduces the pitfall;
+//! - [`http::ContextLayer`] (feature `axum`): request id, server span, context in extensions;
+//! - [`kafka`] (feature `kafka`): rdkafka header lookup and insertion.
+//!
+//! An outbox row carries the same headers as a Kafka record: pass `outgoing(..)` to
+//! `eda_outbox::OutboxEvent::with_headers`.
 
+#[cfg(feature = "axum")]
+pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+mod propagation;
 pub mod sanitize;
 pub mod trace;
+
+pub use propagation::Propagation;
 
 /// Header names of the message contract (Kafka and outbox) and of HTTP.
 pub mod names {

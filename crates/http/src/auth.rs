@@ -115,7 +115,10 @@ where
                     "the Authorization header must be: Bearer <token>".to_owned(),
                 )
             })?;
-        verify(&JwtSecret::from_ref(state).0, token)
+        let user = verify(&JwtSecret::from_ref(state).0, token)?;
+        // The request span's `user_id` field: every later log line of this request carries it.
+        eda_context::http::record_user(&user.user_id);
+        Ok(user)
     }
 }
 

@@ -4,6 +4,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::HandlerError;
+use eda_context::EventContext;
 
 /// One decoded Kafka record, as a handler sees it.
 #[derive(Debug, Clone)]
@@ -24,6 +25,10 @@ pub struct Event {
     pub event_id: Uuid,
     /// `event-type` header.
     pub event_type: String,
+    /// Request/user/correlation ids from the headers (sanitised; missing ones replaced). Fresh
+    /// ids when the consumer runs with `Propagation::Off`. The user id is context for logs and
+    /// traces, never a credential: anyone who can produce to the topic can set it.
+    pub context: EventContext,
 }
 
 /// Why a record could not be decoded: it goes to the dead-letter topic with this reason.
@@ -65,6 +70,12 @@ impl Event {
             .payload()
             .ok_or_else(|| DecodeError("the record has no value".to_owned()))?
             .to_vec();
+        let context = EventContext::from_event(|name| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.as_deref())
+        });
         Ok(Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -76,7 +87,19 @@ impl Event {
             headers,
             event_id,
             event_type,
+            context,
         })
+    }
+
+    /// The context headers to write on an event this handler emits: same request, user and
+    /// correlation, `causation-id` = this event, plus the current span's trace context
+    /// (the consumer's span, so the next hop joins the same trace). Empty when `propagation`
+    /// is off.
+    pub fn outgoing_context(
+        &self,
+        propagation: eda_context::Propagation,
+    ) -> Vec<(&'static str, String)> {
+        propagation.outgoing(&self.context.caused_by(&self.event_id.to_string()))
     }
 
     /// The value of header `name`, if present and not null.

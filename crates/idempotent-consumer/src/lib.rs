@@ -21,6 +21,8 @@ mod redrive;
 pub mod revision;
 mod runtime;
 
+/// Context types, re-exported so a handler needs no second import.
+pub use eda_context::{EventContext, Propagation};
 pub use event::{DecodeError, Event};
 pub use metrics::ConsumerMetrics;
 pub use redrive::{RedriveReport, redrive};

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eda_context::{EventContext, Propagation};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -13,6 +14,9 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::event::Event;
 use crate::metrics::ConsumerMetrics;
@@ -70,6 +74,9 @@ pub struct ConsumerConfig {
     /// Keep it longer than the topics' retention (Kafka's default: 7 days), or a replay of
     /// still-retained events applies them again. `None` turns pruning off.
     pub retention: Option<Duration>,
+    /// [`Propagation::On`] (default): each event's span is the child of its `traceparent`, and
+    /// [`Event::context`] holds its ids. [`Propagation::Off`] ignores them (the pitfall).
+    pub propagation: Propagation,
 }
 
 impl ConsumerConfig {
@@ -84,6 +91,7 @@ impl ConsumerConfig {
             backoff_max: Duration::from_secs(10),
             kafka_overrides: Vec::new(),
             retention: Some(Duration::from_secs(8 * 24 * 3600)),
+            propagation: Propagation::On,
         }
     }
 }
@@ -310,37 +318,104 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(topic = message.topic(), partition = message.partition(), offset = message.offset()))]
+    /// The span one event is handled in (OpenTelemetry messaging conventions, kind consumer):
+    /// the child of the record's `traceparent` when propagation is on, a new trace otherwise.
+    fn process_span(&self, message: &BorrowedMessage<'_>) -> (Span, EventContext) {
+        let headers = message.headers();
+        let (context, parent) = self
+            .config
+            .propagation
+            .incoming(|name| headers.and_then(|h| eda_context::kafka::header(h, name)));
+        let span = tracing::info_span!(
+            target: "eda_idempotent_consumer",
+            parent: None,
+            "process",
+            otel.name = %format!("process {}", message.topic()),
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = message.topic(),
+            messaging.destination.partition.id = message.partition(),
+            messaging.kafka.offset = message.offset(),
+            messaging.kafka.message.key = message.key().and_then(|k| std::str::from_utf8(k).ok()),
+            messaging.consumer.group.name = %self.config.group_id,
+            messaging.message.id = Empty,
+            event.type = Empty,
+            outcome = Empty,
+            request_id = %context.request_id,
+            user_id = context.user_id.as_deref(),
+        );
+        // Fails only without an OpenTelemetry layer: then there is no trace to join.
+        let _ = span.set_parent(parent);
+        (span, context)
+    }
+
     async fn process(
         &self,
         message: &BorrowedMessage<'_>,
         dlq: &FutureProducer,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        let event = match Event::decode(message) {
+        let (span, context) = self.process_span(message);
+        let outcome = self
+            .process_in_span(message, context, dlq, shutdown)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome.1);
+        if outcome.1 == "dead-lettered" {
+            span.record("otel.status_code", "ERROR");
+        }
+        outcome.0
+    }
+
+    async fn process_in_span(
+        &self,
+        message: &BorrowedMessage<'_>,
+        context: EventContext,
+        dlq: &FutureProducer,
+        shutdown: &CancellationToken,
+    ) -> (Outcome, &'static str) {
+        let mut event = match Event::decode(message) {
             Ok(event) => event,
-            Err(reason) => return self.dead_letter(message, &reason.0, dlq, shutdown).await,
+            Err(reason) => {
+                return (
+                    self.dead_letter(message, &reason.0, dlq, shutdown).await,
+                    "dead-lettered",
+                );
+            }
         };
+        event.context = context;
+        let span = Span::current();
+        span.record(
+            "messaging.message.id",
+            tracing::field::display(event.event_id),
+        );
+        span.record("event.type", event.event_type.as_str());
         let mut backoff = self.config.backoff_initial;
         loop {
             match self.apply(&event).await {
                 Ok(Applied::Yes) => {
                     self.metrics.processed.fetch_add(1, Ordering::Relaxed);
-                    return Outcome::Done;
+                    return (Outcome::Done, "applied");
                 }
                 Ok(Applied::Duplicate) => {
                     self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(event.id = %event.event_id, "duplicate skipped");
-                    return Outcome::Done;
+                    tracing::info!(event.id = %event.event_id, event.type = %event.event_type, "duplicate skipped");
+                    return (Outcome::Done, "duplicate");
                 }
                 Err(HandlerError::Permanent(reason)) => {
-                    return self.dead_letter(message, &reason, dlq, shutdown).await;
+                    return (
+                        self.dead_letter(message, &reason, dlq, shutdown).await,
+                        "dead-lettered",
+                    );
                 }
                 Err(HandlerError::Transient(err)) => {
                     self.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(event.id = %event.event_id, event.type = %event.event_type, error = %err, retry_in_ms = backoff.as_millis() as u64, "transient failure; retrying the same event");
                     if sleep_or_cancel(backoff, shutdown).await {
-                        return Outcome::Abandoned;
+                        return (Outcome::Abandoned, "abandoned");
                     }
                     backoff = (backoff * 2).min(self.config.backoff_max);
                 }

@@ -106,6 +106,17 @@ impl OutboxEvent {
         Ok(self)
     }
 
+    /// Sets several optional headers at once, e.g. the context headers from
+    /// `eda_context::Propagation::outgoing` (ids + `traceparent`).
+    pub fn with_headers<N: AsRef<str>>(
+        self,
+        headers: impl IntoIterator<Item = (N, String)>,
+    ) -> Result<Self> {
+        headers.into_iter().try_fold(self, |event, (name, value)| {
+            event.with_header(name.as_ref(), value)
+        })
+    }
+
     /// Overrides the schema version (default `1`).
     pub fn with_schema_version(mut self, version: &str) -> Result<Self> {
         check("schema version", version, 32)?;

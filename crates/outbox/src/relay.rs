@@ -1,6 +1,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use eda_context::{Propagation, sanitize, trace};
+use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -8,6 +10,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::headers::CONTRACT_HEADERS;
 use crate::metrics::RelayMetrics;
@@ -34,6 +39,10 @@ pub struct RelayConfig {
     pub cleanup_interval: Duration,
     /// PostgreSQL advisory lock key that elects the single active relay of a database.
     pub lock_key: i64,
+    /// With [`Propagation::On`] (default), a row's `traceparent` becomes the parent of the
+    /// publish span, and the publish span's context replaces it in the Kafka headers. With
+    /// [`Propagation::Off`] the publish span starts its own trace and headers pass unchanged.
+    pub propagation: Propagation,
 }
 
 impl Default for RelayConfig {
@@ -48,6 +57,7 @@ impl Default for RelayConfig {
             cleanup_interval: Duration::from_secs(60),
             // "eda_outb" in ASCII: any constant works as long as every relay of a database agrees.
             lock_key: 0x6564_615f_6f75_7462,
+            propagation: Propagation::On,
         }
     }
 }
@@ -232,8 +242,60 @@ impl Relay {
         Ok(())
     }
 
+    /// The publish span of one row (OpenTelemetry messaging conventions, kind producer) and
+    /// the trace headers that replace the row's: the span is the child of the row's
+    /// `traceparent`, and the consumer's span becomes the child of this one.
+    fn publish_span(&self, row: &PendingRow) -> (Span, Vec<(&'static str, String)>) {
+        let header = |name: &str| {
+            CONTRACT_HEADERS
+                .iter()
+                .position(|(h, _, _)| *h == name)
+                .and_then(|i| row.headers[i].as_deref())
+        };
+        let span = tracing::info_span!(
+            target: "eda_outbox::relay",
+            parent: None,
+            "publish",
+            otel.name = %format!("send {}", row.topic),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = %row.topic,
+            messaging.destination.partition.id = Empty,
+            messaging.kafka.offset = Empty,
+            messaging.kafka.message.key = %row.key,
+            messaging.message.id = header("event-id"),
+            error.type = Empty,
+            request_id = header("request-id").and_then(sanitize::id),
+            user_id = header("user-id").and_then(sanitize::id),
+        );
+        if !self.config.propagation.is_on() {
+            return (span, Vec::new());
+        }
+        let parent = trace::extract(header);
+        if !parent.span().span_context().is_valid() {
+            // The writer had no trace: invent none (the row passes as written, like Debezium).
+            return (span, Vec::new());
+        }
+        let _ = span.set_parent(parent);
+        let ours = trace::inject(&span.context());
+        // Without an exporting subscriber there is no span context: keep the row's values.
+        if ours.iter().any(|(name, _)| *name == "traceparent") {
+            (span, ours)
+        } else {
+            (span, Vec::new())
+        }
+    }
+
     /// Reads one batch, produces it, waits for every delivery report, marks what was delivered.
-    #[tracing::instrument(name = "outbox relay batch", skip_all, fields(rows, published))]
+    #[tracing::instrument(
+        level = "debug",
+        name = "outbox relay batch",
+        skip_all,
+        fields(rows, published)
+    )]
     async fn publish_round(
         &self,
         conn: &mut PgConnection,
@@ -262,22 +324,29 @@ impl Relay {
 
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in &rows {
-            deliveries.push(enqueue_record(producer, row).await);
+            let (span, trace_headers) = self.publish_span(row);
+            deliveries.push((enqueue_record(producer, row, &trace_headers).await, span));
         }
         let mut delivered = Vec::with_capacity(rows.len());
         let mut first_error = None;
-        for (row, delivery) in rows.iter().zip(deliveries) {
+        for (row, (delivery, span)) in rows.iter().zip(deliveries) {
             let outcome = match delivery {
                 Ok(future) => match future.await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(delivery)) => Ok(delivery),
                     Ok(Err((err, _))) => Err(err),
                     Err(_canceled) => Err(KafkaError::Canceled),
                 },
                 Err(err) => Err(err),
             };
             match outcome {
-                Ok(()) => delivered.push(row.id),
+                Ok(delivery) => {
+                    span.record("messaging.destination.partition.id", delivery.partition);
+                    span.record("messaging.kafka.offset", delivery.offset);
+                    delivered.push(row.id);
+                }
                 Err(err) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", tracing::field::display(&err));
                     self.metrics.add_errors(1);
                     first_error.get_or_insert(err);
                 }
@@ -349,19 +418,22 @@ pub async fn delete_expired(conn: &mut PgConnection, expiry: Expiry) -> Result<u
 }
 
 /// Hands one row to the producer's queue, waiting while the local queue is full.
+/// `trace_headers` (from [`Relay::publish_span`]) replace the row's trace context headers.
 async fn enqueue_record(
     producer: &FutureProducer,
     row: &PendingRow,
+    trace_headers: &[(&'static str, String)],
 ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
     loop {
         let mut headers = OwnedHeaders::new_with_capacity(CONTRACT_HEADERS.len());
         // Every contract header, null-valued when unset: exactly what Debezium's Outbox Event
         // Router does with a NULL column, so both relays produce identical messages.
         for ((name, _, _), value) in CONTRACT_HEADERS.iter().zip(&row.headers) {
-            headers = headers.insert(Header {
-                key: name,
-                value: value.as_deref(),
-            });
+            let value = match trace_headers.iter().find(|(n, _)| n == name) {
+                Some((_, ours)) => Some(ours.as_str()),
+                None => value.as_deref(),
+            };
+            headers = headers.insert(Header { key: name, value });
         }
         let record = FutureRecord::to(&row.topic)
             .key(&row.key)

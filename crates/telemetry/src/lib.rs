@@ -33,6 +33,8 @@
 
 use std::env;
 
+pub mod json;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, global};
 use opentelemetry_sdk::Resource;
@@ -161,6 +163,14 @@ impl Drop for TelemetryGuard {
 ///
 /// Call once per process, early in `main`, and keep the returned guard until exit.
 pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
+    init_with_writer(config, std::io::stdout)
+}
+
+/// [`init`], writing log lines to `writer` instead of stdout (a file, or a buffer in tests).
+pub fn init_with_writer<W>(config: TelemetryConfig, writer: W) -> Result<TelemetryGuard>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     if let Some(bad) = config.invalid_log_format {
         return Err(Error::LogFormat(bad));
     }
@@ -199,15 +209,18 @@ pub fn init(config: TelemetryConfig) -> Result<TelemetryGuard> {
     });
     let fmt_layer = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            .event_format(json::JsonWithContext)
+            .with_writer(writer)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().pretty().boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .pretty()
+            .with_writer(writer)
+            .boxed(),
     };
 
     tracing_subscriber::registry()
         .with(filter)
+        .with(json::ContextFieldsLayer)
         .with(fmt_layer)
         .with(otel_layer)
         .try_init()?;

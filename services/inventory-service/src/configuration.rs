@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use eda_context::Propagation;
 pub use eda_http::config::ConfigError;
 use eda_http::config::{parse, var};
 use eda_idempotent_consumer::Dedupe;
@@ -33,6 +34,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `SHUTDOWN_TIMEOUT_SECS`, default 20.
     pub shutdown_timeout: Duration,
+    /// `PROPAGATION`: `on` (default) or `off` (pitfall 3: every hop starts a new trace).
+    pub propagation: Propagation,
 }
 
 pub use eda_http::config::DEV_JWT_SECRET;
@@ -58,6 +61,7 @@ impl Settings {
             jwt_secret,
             max_body_bytes: parse("MAX_BODY_BYTES", 16 * 1024)?,
             shutdown_timeout: Duration::from_secs(parse("SHUTDOWN_TIMEOUT_SECS", 20)?),
+            propagation: parse("PROPAGATION", Propagation::On)?,
         })
     }
 }

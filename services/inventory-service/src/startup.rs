@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use eda_context::Propagation;
 use eda_idempotent_consumer::{Consumer, ConsumerConfig, ConsumerMetrics, Dedupe};
 use eda_outbox::{Relay, RelayConfig, RelayMetrics};
 use rdkafka::ClientConfig;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub consumer_group: Arc<str>,
     /// Kafka client for readiness.
     pub kafka_probe: Arc<BaseProducer>,
+    /// `PROPAGATION`: whether requests and events carry context.
+    pub propagation: Propagation,
 }
 
 impl std::fmt::Debug for AppState {
@@ -88,16 +91,25 @@ impl Application {
         let mut kafka = ClientConfig::new();
         kafka.set("bootstrap.servers", &settings.kafka_bootstrap_servers);
         let kafka_probe = Arc::new(kafka.create::<BaseProducer>()?);
-        let relay = Relay::new(pool.clone(), kafka, RelayConfig::default());
+        let relay = Relay::new(
+            pool.clone(),
+            kafka,
+            RelayConfig {
+                propagation: settings.propagation,
+                ..RelayConfig::default()
+            },
+        );
         let mut consumer_config = ConsumerConfig::new(
             &settings.kafka_bootstrap_servers,
             &settings.consumer_group,
             &[&settings.order_events_topic],
         );
         consumer_config.dedupe = settings.dedupe;
+        consumer_config.propagation = settings.propagation;
         let handler = OrderEvents {
             inventory_topic: settings.inventory_events_topic.clone(),
             naive: settings.dedupe == Dedupe::Off,
+            propagation: settings.propagation,
         };
         let consumer = Consumer::new(pool.clone(), consumer_config, handler);
 
@@ -109,6 +121,7 @@ impl Application {
             consumer_metrics: consumer.metrics(),
             consumer_group: settings.consumer_group.as_str().into(),
             kafka_probe,
+            propagation: settings.propagation,
         };
         Ok(Self {
             listener,

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use eda_context::Propagation;
 pub use eda_http::config::ConfigError;
 use eda_http::config::{parse, var};
 use eda_idempotent_consumer::Dedupe;
@@ -57,6 +58,9 @@ pub struct Settings {
     pub relay_poll_interval: Duration,
     /// `SHUTDOWN_TIMEOUT_SECS`, default 20: bounded wait for in-flight work at shutdown.
     pub shutdown_timeout: Duration,
+    /// `PROPAGATION`: `on` (default) carries request ids and trace context through HTTP, the
+    /// outbox and Kafka; `off` reproduces pitfall 3 (every hop starts a new trace).
+    pub propagation: Propagation,
     /// `OUTBOX_RETENTION_SECS`, default 3600: how long outbox rows are kept (after publication
     /// in-process; after insertion with Debezium, which must have streamed them by then).
     pub outbox_retention: Duration,
@@ -107,6 +111,7 @@ impl Settings {
             relay_poll_interval: Duration::from_millis(parse("RELAY_POLL_INTERVAL_MS", 1000)?),
             shutdown_timeout: Duration::from_secs(parse("SHUTDOWN_TIMEOUT_SECS", 20)?),
             outbox_retention: Duration::from_secs(parse("OUTBOX_RETENTION_SECS", 3600)?),
+            propagation: parse("PROPAGATION", Propagation::On)?,
         })
     }
 }

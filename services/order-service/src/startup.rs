@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eda_context::Propagation;
 use eda_outbox::{Relay, RelayConfig, RelayMetrics};
 use rdkafka::ClientConfig;
 use rdkafka::producer::BaseProducer;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub consumer_group: Arc<str>,
     /// A Kafka client for readiness checks.
     pub kafka_probe: Arc<BaseProducer>,
+    /// `PROPAGATION`: whether context goes into events and comes out of requests.
+    pub propagation: Propagation,
 }
 
 impl axum::extract::FromRef<AppState> for eda_http::health::HealthDeps {
@@ -113,6 +116,7 @@ impl Application {
                 RelayConfig {
                     poll_interval: settings.relay_poll_interval,
                     retention: settings.outbox_retention,
+                    propagation: settings.propagation,
                     ..RelayConfig::default()
                 },
             )
@@ -123,11 +127,13 @@ impl Application {
             &[&settings.inventory_events_topic],
         );
         consumer_config.dedupe = settings.dedupe;
+        consumer_config.propagation = settings.propagation;
         let consumer = Consumer::new(
             pool.clone(),
             consumer_config,
             InventoryOutcomes {
                 order_topic: settings.order_events_topic.clone(),
+                propagation: settings.propagation,
             },
         );
 
@@ -141,6 +147,7 @@ impl Application {
             consumer_metrics: consumer.metrics(),
             consumer_group: settings.consumer_group.as_str().into(),
             kafka_probe,
+            propagation: settings.propagation,
         };
         Ok(Self {
             listener,

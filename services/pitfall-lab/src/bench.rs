@@ -551,6 +551,7 @@ async fn http(env: &Env, seconds: u64, concurrency: usize) -> Result<(), BoxErro
             relay_poll_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(10),
             outbox_retention: Duration::from_secs(3600),
+            propagation: eda_idempotent_consumer::Propagation::On,
         };
         let app = order_service::startup::Application::build(settings).await?;
         let base = format!("http://127.0.0.1:{}", app.port());

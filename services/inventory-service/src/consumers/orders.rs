@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use eda_context::EventContext;
-use eda_idempotent_consumer::{Event, Handler, HandlerError, expect_one_row};
+use eda_idempotent_consumer::{Event, Handler, HandlerError, Propagation, expect_one_row};
 use eda_outbox::{OutboxEvent, enqueue};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgConnection;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// Handles the order events inventory cares about.
@@ -19,6 +19,8 @@ pub struct OrderEvents {
     pub inventory_topic: String,
     /// `IDEMPOTENCY=off`: apply every delivery, as naive code does (no reservation check).
     pub naive: bool,
+    /// Whether emitted events carry the incoming event's context (`PROPAGATION`).
+    pub propagation: Propagation,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,9 +60,9 @@ impl OrderEvents {
         revision: i64,
         body: serde_json::Value,
     ) -> Result<(), HandlerError> {
-        // Context travels on, sanitised: same request, correlation and user; caused by `source`.
-        let context = EventContext::from_event(|name| source.header(name))
-            .caused_by(&source.event_id.to_string());
+        // Context travels on (sanitised by the runtime): same request, correlation and user,
+        // caused by `source`, and the current span as the trace parent of the next hop.
+        let context = source.outgoing_context(self.propagation);
         let event = OutboxEvent::json(
             &self.inventory_topic,
             "Reservation",
@@ -69,12 +71,7 @@ impl OrderEvents {
             revision,
             &body,
         )
-        .and_then(|e| {
-            context
-                .headers()
-                .into_iter()
-                .try_fold(e, |e, (name, value)| e.with_header(name, value))
-        })
+        .and_then(|e| e.with_headers(context))
         .map_err(permanent("building the outgoing event"))?;
         enqueue(tx, &event)
             .await
@@ -230,8 +227,14 @@ impl OrderEvents {
 impl Handler for OrderEvents {
     async fn handle(&self, event: &Event, tx: &mut PgConnection) -> Result<(), HandlerError> {
         match event.event_type.as_str() {
-            "OrderPlaced" => self.place(event, tx).await,
-            "OrderCancelled" => self.cancel(event, tx).await,
+            "OrderPlaced" => {
+                let span = tracing::info_span!("reserve stock", order.id = event.key.as_deref());
+                self.place(event, tx).instrument(span).await
+            }
+            "OrderCancelled" => {
+                let span = tracing::info_span!("release stock", order.id = event.key.as_deref());
+                self.cancel(event, tx).instrument(span).await
+            }
             // order-service's own outcomes travel on the same topic; nothing to do here.
             "OrderConfirmed" | "OrderRejected" => Ok(()),
             other => Err(HandlerError::Permanent(format!(

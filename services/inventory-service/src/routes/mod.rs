@@ -6,7 +6,7 @@ pub mod openapi;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use tower_http::trace::TraceLayer;
+use eda_context::http::ContextLayer;
 
 use crate::startup::AppState;
 
@@ -18,6 +18,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(metrics::router())
         .merge(openapi::router())
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(TraceLayer::new_for_http())
+        // Request id, server span (child of an incoming traceparent), context for handlers.
+        .layer(ContextLayer::new(state.propagation))
         .with_state(state)
 }

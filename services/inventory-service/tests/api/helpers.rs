@@ -54,6 +54,7 @@ pub async fn spawn_inventory(stack: &Stack, topics: &Topics, dedupe: Dedupe) -> 
         jwt_secret: SECRET.to_owned(),
         max_body_bytes: 16 * 1024,
         shutdown_timeout: Duration::from_secs(10),
+        propagation: eda_context::Propagation::On,
     };
     let app = inventory_service::startup::Application::build(settings)
         .await
@@ -85,6 +86,7 @@ pub async fn spawn_orders(stack: &Stack, topics: &Topics) -> Running {
         relay_poll_interval: Duration::from_millis(200),
         shutdown_timeout: Duration::from_secs(10),
         outbox_retention: Duration::from_secs(3600),
+        propagation: eda_context::Propagation::On,
     };
     let app = order_service::startup::Application::build(settings)
         .await

@@ -2,8 +2,7 @@
 //! (revision + 1) and says so with `OrderConfirmed` / `OrderRejected`, in the same transaction
 //! as the consumer's dedupe record.
 
-use eda_context::EventContext;
-use eda_idempotent_consumer::{Event, Handler, HandlerError};
+use eda_idempotent_consumer::{Event, Handler, HandlerError, Propagation};
 use eda_outbox::{OutboxEvent, enqueue};
 use serde::Deserialize;
 use serde_json::json;
@@ -15,6 +14,8 @@ use uuid::Uuid;
 pub struct InventoryOutcomes {
     /// Where `OrderConfirmed` / `OrderRejected` go.
     pub order_topic: String,
+    /// Whether the emitted events carry the incoming event's context.
+    pub propagation: Propagation,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,10 +50,12 @@ impl InventoryOutcomes {
         };
         let body =
             json!({"order_id": outcome.order_id, "user_id": user_id, "reason": outcome.reason});
-        // Context travels on, sanitised; the order's owner from our own row is the user.
-        let context = EventContext::from_event(|name| event.header(name))
-            .with_user(&user_id)
-            .caused_by(&event.event_id.to_string());
+        // Context travels on (sanitised by the runtime); the order's owner from our own row is
+        // the user: a user id read from a header is context, not a credential.
+        let context = event
+            .context
+            .caused_by(&event.event_id.to_string())
+            .with_user(&user_id);
         let out = OutboxEvent::json(
             &self.order_topic,
             "Order",
@@ -61,12 +64,7 @@ impl InventoryOutcomes {
             revision,
             &body,
         )
-        .and_then(|e| {
-            context
-                .headers()
-                .into_iter()
-                .try_fold(e, |e, (name, value)| e.with_header(name, value))
-        })
+        .and_then(|e| e.with_headers(self.propagation.outgoing(&context)))
         .map_err(|e| HandlerError::Permanent(format!("building {event_type}: {e}")))?;
         enqueue(tx, &out)
             .await

@@ -6,10 +6,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use eda_context::EventContext;
 use eda_outbox::{OutboxEvent, enqueue};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, Row};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::domain::{Customer, NewOrder, NewOrderRequest, OrderLine, OrderStatus};
@@ -75,12 +77,14 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("order id {id:?} is not a UUID")))
 }
 
+/// An order event with the request's context: request/correlation ids, the user, and the
+/// current span's trace context (none of it with `PROPAGATION=off`).
 fn event(
     state: &AppState,
     order_id: Uuid,
     event_type: &str,
     revision: i64,
-    user: &AuthUser,
+    context: &EventContext,
     body: &impl Serialize,
 ) -> Result<OutboxEvent, ApiError> {
     OutboxEvent::json(
@@ -91,8 +95,20 @@ fn event(
         revision,
         body,
     )
-    .and_then(|e| e.with_header("user-id", user.user_id.clone()))
+    .and_then(|e| e.with_headers(state.propagation.outgoing(context)))
     .map_err(ApiError::internal)
+}
+
+/// The span of one SQL statement (OpenTelemetry database conventions, kind client).
+fn db_span(operation: &'static str, table: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "db",
+        otel.name = %format!("{operation} {table}"),
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = table,
+    )
 }
 
 /// Writes the event the way the configured mode says: into the outbox now (same
@@ -118,6 +134,7 @@ fn after_commit(state: &AppState, pending: Option<OutboxEvent>) {
 #[tracing::instrument(skip_all, fields(user.id = %user.user_id, order.id))]
 async fn create_order(
     State(state): State<AppState>,
+    context: EventContext,
     user: AuthUser,
     headers: HeaderMap,
     JsonBody(request): JsonBody<NewOrderRequest>,
@@ -153,6 +170,7 @@ async fn create_order(
     .bind(order.currency.as_str())
     .bind(total)
     .execute(&mut *tx)
+    .instrument(db_span("INSERT", "orders"))
     .await?;
     let (skus, quantities, prices): (Vec<&str>, Vec<i32>, Vec<i64>) = order
         .lines
@@ -173,6 +191,7 @@ async fn create_order(
     .bind(&quantities)
     .bind(&prices)
     .execute(&mut *tx)
+    .instrument(db_span("INSERT", "order_items"))
     .await?;
     if let Some(key) = &key {
         let inserted = sqlx::query(
@@ -207,7 +226,14 @@ async fn create_order(
     let pending = emit(
         &state,
         &mut tx,
-        event(&state, order_id, "OrderPlaced", 1, &user, &placed)?,
+        event(
+            &state,
+            order_id,
+            "OrderPlaced",
+            1,
+            &context.with_user(&user.user_id),
+            &placed,
+        )?,
     )
     .await?;
     tx.commit().await?;
@@ -384,6 +410,7 @@ async fn list_orders(
 #[tracing::instrument(skip_all, fields(user.id = %user.user_id, order.id = %id))]
 async fn cancel_order(
     State(state): State<AppState>,
+    context: EventContext,
     user: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
@@ -421,7 +448,14 @@ async fn cancel_order(
             emit(
                 &state,
                 &mut tx,
-                event(&state, id, "OrderCancelled", revision, &user, &body)?,
+                event(
+                    &state,
+                    id,
+                    "OrderCancelled",
+                    revision,
+                    &context.with_user(&user.user_id),
+                    &body,
+                )?,
             )
             .await?
         }

@@ -47,6 +47,7 @@ pub async fn spawn_app_configured(publish_mode: PublishMode, relay_mode: RelayMo
         relay_poll_interval: Duration::from_millis(200),
         shutdown_timeout: Duration::from_secs(10),
         outbox_retention: Duration::from_secs(3600),
+        propagation: eda_context::Propagation::On,
     };
     let app = Application::build(settings).await.expect("the app builds");
     let server = Server::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown));
