@@ -35,10 +35,28 @@ impl Propagation {
     /// The headers to write on an event emitted now: `ctx`'s ids plus the trace context of the
     /// current `tracing` span (when telemetry exports spans). Empty with [`Propagation::Off`].
     pub fn outgoing(self, ctx: &EventContext) -> Vec<(&'static str, String)> {
+        self.outgoing_or(ctx, &Context::new())
+    }
+
+    /// [`outgoing`](Self::outgoing), with `fallback` as the trace context when the current
+    /// span has none (its span was filtered out or no exporting subscriber is installed): pass
+    /// the incoming parent, so that the trace still goes on through this hop.
+    pub fn outgoing_or(
+        self,
+        ctx: &EventContext,
+        fallback: &Context,
+    ) -> Vec<(&'static str, String)> {
+        use opentelemetry::trace::TraceContextExt as _;
         match self {
             Self::On => {
                 let mut headers = ctx.headers();
-                headers.extend(trace::inject(&tracing::Span::current().context()));
+                let current = tracing::Span::current().context();
+                let cx = if current.span().span_context().is_valid() {
+                    &current
+                } else {
+                    fallback
+                };
+                headers.extend(trace::inject(cx));
                 headers
             }
             Self::Off => Vec::new(),
@@ -111,6 +129,14 @@ mod tests {
             headers.iter().all(|(k, _)| *k != "traceparent"),
             "no exporting subscriber here: no span context to write"
         );
+    }
+
+    #[test]
+    fn without_a_current_span_the_incoming_parent_goes_on() {
+        let (ctx, parent) = Propagation::On.incoming(lookup);
+        let headers = Propagation::On.outgoing_or(&ctx, &parent);
+        assert!(headers.contains(&("traceparent", TP.to_owned())));
+        assert!(Propagation::Off.outgoing_or(&ctx, &parent).is_empty());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct Event {
     /// ids when the consumer runs with `Propagation::Off`. The user id is context for logs and
     /// traces, never a credential: anyone who can produce to the topic can set it.
     pub context: EventContext,
+    /// The trace context read from the headers (empty with `Propagation::Off` or none sent):
+    /// the fallback parent for emitted events when the handler's span is not recorded.
+    pub trace_parent: opentelemetry::Context,
 }
 
 /// Why a record could not be decoded: it goes to the dead-letter topic with this reason.
@@ -88,6 +91,7 @@ impl Event {
             event_id,
             event_type,
             context,
+            trace_parent: opentelemetry::Context::new(),
         })
     }
 
@@ -99,7 +103,10 @@ impl Event {
         &self,
         propagation: eda_context::Propagation,
     ) -> Vec<(&'static str, String)> {
-        propagation.outgoing(&self.context.caused_by(&self.event_id.to_string()))
+        propagation.outgoing_or(
+            &self.context.caused_by(&self.event_id.to_string()),
+            &self.trace_parent,
+        )
     }
 
     /// The value of header `name`, if present and not null.

@@ -320,7 +320,10 @@ impl<H: Handler> Consumer<H> {
 
     /// The span one event is handled in (OpenTelemetry messaging conventions, kind consumer):
     /// the child of the record's `traceparent` when propagation is on, a new trace otherwise.
-    fn process_span(&self, message: &BorrowedMessage<'_>) -> (Span, EventContext) {
+    fn process_span(
+        &self,
+        message: &BorrowedMessage<'_>,
+    ) -> (Span, EventContext, opentelemetry::Context) {
         let headers = message.headers();
         let (context, parent) = self
             .config
@@ -348,8 +351,8 @@ impl<H: Handler> Consumer<H> {
             user_id = context.user_id.as_deref(),
         );
         // Fails only without an OpenTelemetry layer: then there is no trace to join.
-        let _ = span.set_parent(parent);
-        (span, context)
+        let _ = span.set_parent(parent.clone());
+        (span, context, parent)
     }
 
     async fn process(
@@ -358,9 +361,9 @@ impl<H: Handler> Consumer<H> {
         dlq: &FutureProducer,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        let (span, context) = self.process_span(message);
+        let (span, context, parent) = self.process_span(message);
         let outcome = self
-            .process_in_span(message, context, dlq, shutdown)
+            .process_in_span(message, (context, parent), dlq, shutdown)
             .instrument(span.clone())
             .await;
         span.record("outcome", outcome.1);
@@ -373,7 +376,7 @@ impl<H: Handler> Consumer<H> {
     async fn process_in_span(
         &self,
         message: &BorrowedMessage<'_>,
-        context: EventContext,
+        (context, parent): (EventContext, opentelemetry::Context),
         dlq: &FutureProducer,
         shutdown: &CancellationToken,
     ) -> (Outcome, &'static str) {
@@ -387,6 +390,7 @@ impl<H: Handler> Consumer<H> {
             }
         };
         event.context = context;
+        event.trace_parent = parent;
         let span = Span::current();
         span.record(
             "messaging.message.id",
@@ -398,6 +402,7 @@ impl<H: Handler> Consumer<H> {
             match self.apply(&event).await {
                 Ok(Applied::Yes) => {
                     self.metrics.processed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(event.id = %event.event_id, event.type = %event.event_type, "event applied");
                     return (Outcome::Done, "applied");
                 }
                 Ok(Applied::Duplicate) => {

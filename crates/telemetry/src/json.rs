@@ -7,8 +7,8 @@
 //!   (eda-context's HTTP layer and consumer spans record them).
 //!
 //! ```json
-//! {"timestamp":"2026-11-27T08:00:00.000000Z","level":"INFO","target":"order_service","span":"create_order",
-//!  "fields":{"message":"order placed","total_cents":2400},
+//! {"timestamp":"2026-11-27T08:00:00.000000Z","level":"INFO","target":"order_service::routes::orders",
+//!  "fields":{"message":"order placed","total_cents":2400},"span":"create_order",
 //!  "trace_id":"4bf9...","span_id":"00f0...","request_id":"req-42","user_id":"alice"}
 //! ```
 
@@ -114,26 +114,27 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut line = Map::new();
+        // Keys in a fixed, readable order: when, how bad, where, what, then the context.
+        let mut line: Vec<(&str, Value)> = Vec::with_capacity(9);
         let mut timestamp = String::new();
         if SystemTime
             .format_time(&mut Writer::new(&mut timestamp))
             .is_ok()
         {
-            line.insert("timestamp".into(), Value::from(timestamp));
+            line.push(("timestamp", Value::from(timestamp)));
         }
-        line.insert("level".into(), Value::from(meta.level().as_str()));
-        line.insert("target".into(), Value::from(meta.target()));
+        line.push(("level", Value::from(meta.level().as_str())));
+        line.push(("target", Value::from(meta.target())));
         let mut fields = Map::new();
         event.record(&mut JsonVisitor(&mut fields));
-        line.insert("fields".into(), Value::Object(fields));
+        line.push(("fields", Value::Object(fields)));
 
         if let Some(scope) = ctx.event_scope() {
             let mut context: [Option<String>; 2] = [None, None];
             let mut leaf = None;
             for span in scope {
                 if leaf.is_none() {
-                    line.insert("span".into(), Value::from(span.name()));
+                    line.push(("span", Value::from(span.name())));
                     leaf = Some(span.id());
                 }
                 if let Some(found) = span.extensions().get::<ContextFields>() {
@@ -152,17 +153,27 @@ where
                 let span = cx.span();
                 let sc = span.span_context();
                 if sc.is_valid() {
-                    line.insert("trace_id".into(), Value::from(sc.trace_id().to_string()));
-                    line.insert("span_id".into(), Value::from(sc.span_id().to_string()));
+                    line.push(("trace_id", Value::from(sc.trace_id().to_string())));
+                    line.push(("span_id", Value::from(sc.span_id().to_string())));
                 }
             }
             for (name, value) in CONTEXT_FIELDS.iter().zip(context) {
                 if let Some(value) = value {
-                    line.insert((*name).into(), Value::from(value));
+                    line.push((name, Value::from(value)));
                 }
             }
         }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        let mut text = String::with_capacity(256);
+        text.push('{');
+        for (i, (key, value)) in line.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&serde_json::to_string(key).map_err(|_| fmt::Error)?);
+            text.push(':');
+            text.push_str(&serde_json::to_string(value).map_err(|_| fmt::Error)?);
+        }
+        text.push('}');
         writeln!(writer, "{text}")
     }
 }

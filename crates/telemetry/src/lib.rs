@@ -26,7 +26,8 @@
 //! | `OTEL_TRACES_EXPORTER` | `otlp`, or `none` to keep logs only | `otlp` |
 //! | `OTEL_SDK_DISABLED` | `true` turns span export off | `false` |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*` | read by the SDK | SDK defaults |
-//! | `RUST_LOG` | log filter (`tracing_subscriber::EnvFilter` syntax) | [`TelemetryConfig::log_filter`] |
+//! | `RUST_LOG` | log filter (`tracing_subscriber::EnvFilter` syntax) | `info` |
+//! | `TRACE_FILTER` | which spans are exported (same syntax); independent of `RUST_LOG` so that quieter logs never break a trace | `info` |
 //! | `LOG_FORMAT` | `json` or `pretty` | `json` |
 //!
 //! With `grpc`, [`init`] must run inside a Tokio runtime: the gRPC channel lives on it.
@@ -85,6 +86,10 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// Log filter used when `RUST_LOG` is unset.
     pub log_filter: String,
+    /// Which spans are exported (`TRACE_FILTER`, same syntax, default `info`). Separate from
+    /// the log filter on purpose: quieter logs must not break traces, since a span that is not
+    /// created cannot pass its context on to the next service.
+    pub trace_filter: String,
     /// Log line format.
     pub log_format: LogFormat,
     /// Whether spans are exported over OTLP. Off, only logs are written.
@@ -122,6 +127,7 @@ impl TelemetryConfig {
         Self {
             service_name,
             log_filter: non_empty("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            trace_filter: non_empty("TRACE_FILTER").unwrap_or_else(|| "info".to_owned()),
             log_format,
             export_traces: !(sdk_disabled || exporter_none),
             invalid_log_format,
@@ -174,10 +180,14 @@ where
     if let Some(bad) = config.invalid_log_format {
         return Err(Error::LogFormat(bad));
     }
-    let filter = EnvFilter::try_new(&config.log_filter).map_err(|source| Error::LogFilter {
-        filter: config.log_filter.clone(),
-        source,
-    })?;
+    let parse = |filter: &str| {
+        EnvFilter::try_new(filter).map_err(|source| Error::LogFilter {
+            filter: filter.to_owned(),
+            source,
+        })
+    };
+    let log_filter = parse(&config.log_filter)?;
+    let trace_filter = parse(&config.trace_filter)?;
 
     global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
         vec![
@@ -205,6 +215,7 @@ where
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(config.service_name.clone()))
+            .with_filter(trace_filter)
             .boxed()
     });
     let fmt_layer = match config.log_format {
@@ -219,9 +230,8 @@ where
     };
 
     tracing_subscriber::registry()
-        .with(filter)
         .with(json::ContextFieldsLayer)
-        .with(fmt_layer)
+        .with(fmt_layer.with_filter(log_filter))
         .with(otel_layer)
         .try_init()?;
 

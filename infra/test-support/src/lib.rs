@@ -10,6 +10,12 @@
 //! Kafka, the Debezium plugin in Connect, the claim-check bucket in MinIO), and checks
 //! `docker-compose.yml` statically against `infra/env.sh`, since no Docker engine runs here.
 
+pub mod jaeger;
+pub mod process;
+
+pub use jaeger::Jaeger;
+pub use process::ServiceProcess;
+
 use std::env;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -237,16 +237,17 @@ async fn create_order(
     )
     .await?;
     tx.commit().await?;
+    // Logged at once: the saga may run to its end before this handler returns.
+    tracing::info!(
+        total_cents = total,
+        lines = order.lines.len(),
+        "order placed"
+    );
     after_commit(&state, pending);
 
     let view = load(&state, &user, order_id)
         .await?
         .ok_or(ApiError::NotFound("order"))?;
-    tracing::info!(
-        total_cents = total,
-        lines = view.lines.len(),
-        "order placed"
-    );
     Ok(created(view, false))
 }
 
