@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: benchmarks against the running stack (started if needed). Prints numbers; never
 # fails on speed. Each benchmark uses its own database and topics. BENCH_ROWS, BENCH_MEMORY_ROWS,
-# BENCH_SECONDS, BENCH_EVENTS shrink or grow the runs.
+# BENCH_SECONDS, BENCH_EVENTS, BENCH_PROPAGATION_EVENTS shrink or grow the runs.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/.."
@@ -38,3 +38,8 @@ lab bench latency --rate 1000 --seconds "$seconds"
 lab bench http --seconds "$seconds" --concurrency 16
 lab bench memory --rows "$memory_rows"
 lab bench consumer --events "${BENCH_EVENTS:-100000}"
+# Propagation overhead: one process per mode (telemetry is set up once per process).
+for args in "--propagation on" "--propagation off" "--propagation off --export false"; do
+  # shellcheck disable=SC2086
+  lab bench propagation --events "${BENCH_PROPAGATION_EVENTS:-50000}" $args
+done

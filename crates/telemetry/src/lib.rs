@@ -215,6 +215,10 @@ where
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(config.service_name.clone()))
+            // Per-span bookkeeping nobody reads in Jaeger here: busy/idle time (a clock read
+            // on every poll of an instrumented future) and thread attributes.
+            .with_tracked_inactivity(false)
+            .with_threads(false)
             .with_filter(trace_filter)
             .boxed()
     });

@@ -62,6 +62,20 @@ pub enum Bench {
         #[arg(long, default_value_t = 100_000)]
         events: usize,
     },
+    /// Per-event cost of context propagation in a consumer that emits (extract, spans, inject,
+    /// export): `--propagation on` vs `off`, each in its own process since telemetry is set up
+    /// once per process. `--export false` runs without any tracing subscriber (the floor).
+    Propagation {
+        /// Events in the topic.
+        #[arg(long, default_value_t = 50_000)]
+        events: usize,
+        /// `on` or `off` (`PROPAGATION` of the services).
+        #[arg(long, default_value = "on")]
+        propagation: eda_context::Propagation,
+        /// Export spans over OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`, Jaeger in the stack).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        export: bool,
+    },
     /// (internal) A relay process for the memory benchmark.
     #[command(hide = true)]
     RelayProcess {
@@ -272,6 +286,11 @@ pub async fn run(what: Bench) -> Result<(), BoxError> {
         } => http(&env, seconds, concurrency).await,
         Bench::Memory { rows } => memory(&env, rows).await,
         Bench::Consumer { events } => consumer(&env, events).await,
+        Bench::Propagation {
+            events,
+            propagation: mode,
+            export,
+        } => propagation(&env, events, mode, export).await,
         Bench::RelayProcess { database_url } => relay_process(&env, &database_url).await,
     }
 }
@@ -729,21 +748,14 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-async fn consumer(env: &Env, events: usize) -> Result<(), BoxError> {
-    use eda_idempotent_consumer::{Consumer, ConsumerConfig, Dedupe};
-    let topic = create_topic(env, 6).await?;
-    let dlq = format!("{topic}.dlq");
-    let admin: AdminClient<DefaultClientContext> = env.kafka().create()?;
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(&dlq, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
-    }
-    // The same events for every mode: 1,000 aggregates, contract headers, ~100-byte values.
+/// Writes `events` `Counted` events to `topic`: 1,000 aggregates, ~100-byte values, the
+/// `event-id`/`event-type` headers plus `extra`. The same events feed every mode of a benchmark.
+async fn produce_counted(
+    env: &Env,
+    topic: &str,
+    events: usize,
+    extra: &[(&str, String)],
+) -> Result<(), BoxError> {
     let producer: rdkafka::producer::FutureProducer = env
         .kafka()
         .set("linger.ms", "20")
@@ -765,7 +777,13 @@ async fn consumer(env: &Env, events: usize) -> Result<(), BoxError> {
                 key: "event-type",
                 value: Some("Counted"),
             });
-        let record = rdkafka::producer::FutureRecord::to(&topic)
+        let headers = extra.iter().fold(headers, |h, (key, value)| {
+            h.insert(rdkafka::message::Header {
+                key,
+                value: Some(value.as_str()),
+            })
+        });
+        let record = rdkafka::producer::FutureRecord::to(topic)
             .key(&key)
             .payload(&payload)
             .headers(headers);
@@ -780,6 +798,124 @@ async fn consumer(env: &Env, events: usize) -> Result<(), BoxError> {
     while let Some(r) = futures::StreamExt::next(&mut pending).await {
         r?.map_err(|(e, _)| e)?;
     }
+
+    Ok(())
+}
+
+/// Counts like [`Count`], and emits one event per event into the outbox with the context
+/// headers `propagation` gives (the work a saga step does).
+struct CountAndEmit {
+    propagation: eda_context::Propagation,
+}
+
+impl eda_idempotent_consumer::Handler for CountAndEmit {
+    async fn handle(
+        &self,
+        event: &eda_idempotent_consumer::Event,
+        tx: &mut PgConnection,
+    ) -> Result<(), eda_idempotent_consumer::HandlerError> {
+        Count.handle(event, tx).await?;
+        let key = event.key.as_deref().unwrap_or_default();
+        let out = OutboxEvent::json("bench.out", "Counter", key, "Counted", 1, &1)
+            .and_then(|e| e.with_headers(event.outgoing_context(self.propagation)))
+            .map_err(|e| eda_idempotent_consumer::HandlerError::Permanent(e.to_string()))?;
+        enqueue(tx, &out)
+            .await
+            .map_err(|e| eda_idempotent_consumer::HandlerError::Transient(Box::new(e)))
+    }
+}
+
+async fn propagation(
+    env: &Env,
+    events: usize,
+    propagation: eda_context::Propagation,
+    export: bool,
+) -> Result<(), BoxError> {
+    use eda_idempotent_consumer::{Consumer, ConsumerConfig};
+    // Logs at warn: this measures propagation and spans, not one log line per event.
+    let _telemetry = if export {
+        let mut config = eda_telemetry::TelemetryConfig::from_env("pitfall-lab-bench");
+        config.log_filter = "warn".to_owned();
+        Some(eda_telemetry::init(config)?)
+    } else {
+        None
+    };
+    let topic = create_topic(env, 6).await?;
+    let dlq = format!("{topic}.dlq");
+    let admin: AdminClient<DefaultClientContext> = env.kafka().create()?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(&dlq, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
+    }
+    // What an upstream service writes: a sampled traceparent and the contract's ids.
+    let context = [
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        ),
+        ("request-id", "bench-request".to_owned()),
+        ("correlation-id", "bench-flow".to_owned()),
+        ("user-id", "bench-user".to_owned()),
+    ];
+    produce_counted(env, &topic, events, &context).await?;
+
+    let (db, pool) = scratch_database(env).await?;
+    eda_idempotent_consumer::migrate(&pool).await?;
+    eda_outbox::migrate(&pool).await?;
+    sqlx::query("CREATE TABLE counters (key text PRIMARY KEY, n bigint NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let mut config = ConsumerConfig::new(&env.bootstrap, &unique("bench"), &[&topic]);
+    config.propagation = propagation;
+    let consumer = Consumer::new(pool.clone(), config, CountAndEmit { propagation });
+    let metrics = consumer.metrics();
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    while metrics.processed() < events as u64 {
+        if started.elapsed() > Duration::from_secs(1800) {
+            return Err("propagation benchmark timed out".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await??;
+    let with_trace: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE traceparent IS NOT NULL")
+            .fetch_one(&pool)
+            .await?;
+    report(&[format!(
+        "propagation={propagation:<3} span export={:<3}: {:>6.0} events/s ({events} events, {secs:.1} s; emitted rows with a traceparent: {with_trace})",
+        if export { "on" } else { "off" },
+        events as f64 / secs,
+    )]);
+    drop_database(env, &db, pool).await?;
+    delete_topic(env, &topic).await;
+    delete_topic(env, &dlq).await;
+    Ok(())
+}
+
+async fn consumer(env: &Env, events: usize) -> Result<(), BoxError> {
+    use eda_idempotent_consumer::{Consumer, ConsumerConfig, Dedupe};
+    let topic = create_topic(env, 6).await?;
+    let dlq = format!("{topic}.dlq");
+    let admin: AdminClient<DefaultClientContext> = env.kafka().create()?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(&dlq, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
+    }
+    produce_counted(env, &topic, events, &[]).await?;
 
     let mut out = vec![format!(
         "== consumer throughput: {events} events, 6 partitions, one transaction per event =="

@@ -206,6 +206,14 @@ fn app_services_get_the_native_variable_names() {
     }
     assert_eq!(shared["S3_BUCKET"], d["S3_BUCKET"]);
     assert_eq!(shared["JWT_SECRET"], d["JWT_SECRET"]);
+    // The pitfall switches pass through from the caller's environment, fixed by default.
+    for (name, fixed) in [
+        ("PUBLISH_MODE", "outbox"),
+        ("IDEMPOTENCY", "on"),
+        ("PROPAGATION", "on"),
+    ] {
+        assert_eq!(shared[name], format!("${{{name}:-{fixed}}}"), "{name}");
+    }
     for (svc, port_var, db) in [
         ("order-service", "ORDER_SERVICE_PORT", "orders"),
         ("inventory-service", "INVENTORY_SERVICE_PORT", "inventory"),
