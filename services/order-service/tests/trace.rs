@@ -140,6 +140,18 @@ impl Flow {
         request.send().await.unwrap()
     }
 
+    /// Places an order with `x-request-id: request_id` and waits until it is CONFIRMED; returns
+    /// the response's headers and the order id.
+    async fn place_and_confirm(&self, request_id: &str) -> (reqwest::header::HeaderMap, String) {
+        let response = self.place(&[("x-request-id", request_id.as_bytes())]).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let headers = response.headers().clone();
+        let order: Value = response.json().await.unwrap();
+        let order_id = order["id"].as_str().unwrap().to_owned();
+        self.wait_status(&order_id, "CONFIRMED").await;
+        (headers, order_id)
+    }
+
     async fn wait_status(&self, order_id: &str, status: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -207,6 +219,20 @@ fn parent<'a>(trace: &'a Trace, span: &Span) -> &'a Span {
         .unwrap_or_else(|| panic!("the parent of {} is in the same trace", span.name))
 }
 
+/// The span of `service` named `name` that processed an event of `event_type`.
+fn processed<'a>(
+    trace: &'a Trace,
+    service: &str,
+    name: &str,
+    event_type: &str,
+    what: &str,
+) -> &'a Span {
+    trace
+        .find(service, name)
+        .find(|s| s.tag("event.type") == Some(event_type))
+        .unwrap_or_else(|| panic!("{what}: {trace:#?}"))
+}
+
 fn trace_id_of(traceparent: &str) -> &str {
     traceparent.split('-').nth(1).unwrap_or_default()
 }
@@ -227,16 +253,9 @@ fn saga_complete(trace: &Trace, flow: &Flow, relay_in_process: bool) -> bool {
 async fn one_request_is_one_trace_across_both_services_with_correct_parents() {
     let flow = Flow::start("on", "inprocess").await;
     let request_id = unique("req");
-    let response = flow.place(&[("x-request-id", request_id.as_bytes())]).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(response.headers()["x-request-id"], request_id.as_str());
-    let traceparent = response.headers()["traceparent"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let order: Value = response.json().await.unwrap();
-    let order_id = order["id"].as_str().unwrap().to_owned();
-    flow.wait_status(&order_id, "CONFIRMED").await;
+    let (headers, order_id) = flow.place_and_confirm(&request_id).await;
+    assert_eq!(headers["x-request-id"], request_id.as_str());
+    let traceparent = headers["traceparent"].to_str().unwrap().to_owned();
 
     let (o, i) = (flow.order_name.as_str(), flow.inventory_name.as_str());
     let jaeger = Jaeger::from_env();
@@ -308,10 +327,13 @@ async fn one_request_is_one_trace_across_both_services_with_correct_parents() {
             .is_some()
     );
 
-    let consumed = trace
-        .find(i, &flow.names.process_orders)
-        .find(|s| s.tag("event.type") == Some("OrderPlaced"))
-        .expect("inventory processed OrderPlaced");
+    let consumed = processed(
+        trace,
+        i,
+        &flow.names.process_orders,
+        "OrderPlaced",
+        "inventory processed OrderPlaced",
+    );
     assert_eq!(parent(trace, consumed).span_id, placed_send.span_id);
     assert_eq!(consumed.tag("span.kind"), Some("consumer"));
     assert_eq!(consumed.tag("messaging.operation.type"), Some("process"));
@@ -331,10 +353,13 @@ async fn one_request_is_one_trace_across_both_services_with_correct_parents() {
         .iter()
         .find(|s| parent(trace, s).span_id == outcome.span_id)
         .expect("OrderConfirmed's send is the child of the outcome's processing");
-    let confirmed_seen = trace
-        .find(i, &flow.names.process_orders)
-        .find(|s| s.tag("event.type") == Some("OrderConfirmed"))
-        .expect("inventory saw OrderConfirmed too");
+    let confirmed_seen = processed(
+        trace,
+        i,
+        &flow.names.process_orders,
+        "OrderConfirmed",
+        "inventory saw OrderConfirmed too",
+    );
     assert_eq!(
         parent(trace, confirmed_seen).span_id,
         confirmed_send.span_id
@@ -398,11 +423,7 @@ async fn one_request_is_one_trace_across_both_services_with_correct_parents() {
 async fn with_debezium_as_the_relay_the_trace_still_holds() {
     let flow = Flow::start("on", "debezium").await;
     let request_id = unique("req");
-    let response = flow.place(&[("x-request-id", request_id.as_bytes())]).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let order: Value = response.json().await.unwrap();
-    let order_id = order["id"].as_str().unwrap().to_owned();
-    flow.wait_status(&order_id, "CONFIRMED").await;
+    flow.place_and_confirm(&request_id).await;
 
     let (o, i) = (flow.order_name.as_str(), flow.inventory_name.as_str());
     let traces = Jaeger::from_env()
@@ -421,20 +442,26 @@ async fn with_debezium_as_the_relay_the_trace_still_holds() {
     // Debezium's Outbox Event Router copies the row's traceparent column into the record's
     // header, so the consumer's parent is the span that wrote the row.
     let handler = one(trace, o, "create_order");
-    let consumed = trace
-        .find(i, &flow.names.process_orders)
-        .find(|s| s.tag("event.type") == Some("OrderPlaced"))
-        .expect("inventory processed OrderPlaced");
+    let consumed = processed(
+        trace,
+        i,
+        &flow.names.process_orders,
+        "OrderPlaced",
+        "inventory processed OrderPlaced",
+    );
     assert_eq!(parent(trace, consumed).span_id, handler.span_id);
     let outcome = one(trace, o, &flow.names.process_inventory);
     assert_eq!(
         parent(trace, outcome).span_id,
         one(trace, i, &flow.names.send_inventory).span_id
     );
-    let confirmed_seen = trace
-        .find(i, &flow.names.process_orders)
-        .find(|s| s.tag("event.type") == Some("OrderConfirmed"))
-        .expect("inventory saw OrderConfirmed (published by Debezium) in the same trace");
+    let confirmed_seen = processed(
+        trace,
+        i,
+        &flow.names.process_orders,
+        "OrderConfirmed",
+        "inventory saw OrderConfirmed (published by Debezium) in the same trace",
+    );
     assert_eq!(parent(trace, confirmed_seen).span_id, outcome.span_id);
     assert_eq!(trace.spans.iter().filter(|s| s.parent.is_none()).count(), 1);
     flow.stop().await;
@@ -444,11 +471,7 @@ async fn with_debezium_as_the_relay_the_trace_still_holds() {
 async fn without_propagation_one_request_scatters_into_disconnected_traces() {
     let flow = Flow::start("off", "inprocess").await;
     let request_id = unique("req");
-    let response = flow.place(&[("x-request-id", request_id.as_bytes())]).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let order: Value = response.json().await.unwrap();
-    let order_id = order["id"].as_str().unwrap().to_owned();
-    flow.wait_status(&order_id, "CONFIRMED").await;
+    flow.place_and_confirm(&request_id).await;
 
     let (o, i) = (flow.order_name.as_str(), flow.inventory_name.as_str());
     let jaeger = Jaeger::from_env();

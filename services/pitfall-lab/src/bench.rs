@@ -802,6 +802,45 @@ async fn produce_counted(
     Ok(())
 }
 
+/// A fresh 6-partition topic and its `.dlq` companion (the consumer runtime needs it).
+async fn topic_with_dlq(env: &Env) -> Result<(String, String), BoxError> {
+    let topic = create_topic(env, 6).await?;
+    let dlq = format!("{topic}.dlq");
+    let admin: AdminClient<DefaultClientContext> = env.kafka().create()?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(&dlq, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?
+    {
+        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
+    }
+    Ok((topic, dlq))
+}
+
+/// Runs `consumer` until it has processed `events`, stops it, returns the seconds it took.
+async fn consume_all_events<H: eda_idempotent_consumer::Handler>(
+    consumer: eda_idempotent_consumer::Consumer<H>,
+    events: usize,
+) -> Result<f64, BoxError> {
+    let metrics = consumer.metrics();
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    while metrics.processed() < events as u64 {
+        if started.elapsed() > Duration::from_secs(1800) {
+            stop.cancel();
+            return Err("the consumer did not process every event within 30 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    task.await??;
+    Ok(secs)
+}
+
 /// Counts like [`Count`], and emits one event per event into the outbox with the context
 /// headers `propagation` gives (the work a saga step does).
 struct CountAndEmit {
@@ -840,18 +879,7 @@ async fn propagation(
     } else {
         None
     };
-    let topic = create_topic(env, 6).await?;
-    let dlq = format!("{topic}.dlq");
-    let admin: AdminClient<DefaultClientContext> = env.kafka().create()?;
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(&dlq, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
-    }
+    let (topic, dlq) = topic_with_dlq(env).await?;
     // What an upstream service writes: a sampled traceparent and the contract's ids.
     let context = [
         (
@@ -872,20 +900,11 @@ async fn propagation(
         .await?;
     let mut config = ConsumerConfig::new(&env.bootstrap, &unique("bench"), &[&topic]);
     config.propagation = propagation;
-    let consumer = Consumer::new(pool.clone(), config, CountAndEmit { propagation });
-    let metrics = consumer.metrics();
-    let stop = CancellationToken::new();
-    let started = Instant::now();
-    let task = tokio::spawn(consumer.run(stop.clone()));
-    while metrics.processed() < events as u64 {
-        if started.elapsed() > Duration::from_secs(1800) {
-            return Err("propagation benchmark timed out".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    stop.cancel();
-    task.await??;
+    let secs = consume_all_events(
+        Consumer::new(pool.clone(), config, CountAndEmit { propagation }),
+        events,
+    )
+    .await?;
     let with_trace: i64 =
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE traceparent IS NOT NULL")
             .fetch_one(&pool)
@@ -903,18 +922,7 @@ async fn propagation(
 
 async fn consumer(env: &Env, events: usize) -> Result<(), BoxError> {
     use eda_idempotent_consumer::{Consumer, ConsumerConfig, Dedupe};
-    let topic = create_topic(env, 6).await?;
-    let dlq = format!("{topic}.dlq");
-    let admin: AdminClient<DefaultClientContext> = env.kafka().create()?;
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(&dlq, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        r.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
-    }
+    let (topic, dlq) = topic_with_dlq(env).await?;
     produce_counted(env, &topic, events, &[]).await?;
 
     let mut out = vec![format!(
@@ -932,20 +940,7 @@ async fn consumer(env: &Env, events: usize) -> Result<(), BoxError> {
             .await?;
         let mut config = ConsumerConfig::new(&env.bootstrap, &unique("bench"), &[&topic]);
         config.dedupe = dedupe;
-        let consumer = Consumer::new(pool.clone(), config, Count);
-        let metrics = consumer.metrics();
-        let stop = CancellationToken::new();
-        let started = Instant::now();
-        let task = tokio::spawn(consumer.run(stop.clone()));
-        while metrics.processed() < events as u64 {
-            if started.elapsed() > Duration::from_secs(1800) {
-                return Err("consumer benchmark timed out".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let secs = started.elapsed().as_secs_f64();
-        stop.cancel();
-        task.await??;
+        let secs = consume_all_events(Consumer::new(pool.clone(), config, Count), events).await?;
         let mut line = format!(
             "{name:<16}: {:>6.0} events/s ({secs:.1} s), process peak RSS {:.1} MiB",
             events as f64 / secs,
