@@ -177,7 +177,13 @@ impl OutboxEvent {
 ///
 /// The event exists if and only if the transaction commits: that is the whole point. Nothing
 /// is sent here; the relay publishes after commit.
-#[tracing::instrument(skip_all, fields(event.id = %event.event_id, event.type = %event.event_type, aggregate.id = %event.aggregate_id))]
+#[tracing::instrument(skip_all, fields(
+    otel.name = %format_args!("enqueue {}", event.topic),
+    messaging.message.id = %event.event_id,
+    messaging.destination.name = %event.topic,
+    event.type = %event.event_type,
+    aggregate.id = %event.aggregate_id,
+))]
 pub async fn enqueue(conn: &mut PgConnection, event: &OutboxEvent) -> Result<()> {
     let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
         "INSERT INTO outbox (event_id, topic, aggregate_type, aggregate_id, event_type, revision, \
