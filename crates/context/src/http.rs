@@ -40,13 +40,25 @@ use crate::{EventContext, Propagation, names, sanitize, trace};
 #[derive(Debug, Clone, Copy)]
 pub struct ContextLayer {
     propagation: Propagation,
+    quiet_routes: &'static [&'static str],
 }
 
 impl ContextLayer {
     /// With [`Propagation::Off`], an incoming `traceparent` is ignored (every request starts
     /// a new trace); request ids are still accepted and returned.
     pub fn new(propagation: Propagation) -> Self {
-        Self { propagation }
+        Self {
+            propagation,
+            quiet_routes: &[],
+        }
+    }
+
+    /// Routes whose "request finished" line is logged at DEBUG instead of INFO: health checks
+    /// and scrapes that would otherwise drown the log (they still get a span and ids).
+    #[must_use]
+    pub fn with_quiet_routes(mut self, routes: &'static [&'static str]) -> Self {
+        self.quiet_routes = routes;
+        self
     }
 }
 
@@ -57,6 +69,7 @@ impl<S> tower::Layer<S> for ContextLayer {
         ContextService {
             inner,
             propagation: self.propagation,
+            quiet_routes: self.quiet_routes,
         }
     }
 }
@@ -66,6 +79,7 @@ impl<S> tower::Layer<S> for ContextLayer {
 pub struct ContextService<S> {
     inner: S,
     propagation: Propagation,
+    quiet_routes: &'static [&'static str],
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for ContextService<S>
@@ -110,6 +124,9 @@ where
         // Fails only when no OpenTelemetry layer is installed: then there is no span to link.
         let _ = span.set_parent(parent);
         request.extensions_mut().insert(ctx.clone());
+        let quiet = route
+            .as_deref()
+            .is_some_and(|r| self.quiet_routes.contains(&r));
         let started = Instant::now();
         let future = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
@@ -119,13 +136,13 @@ where
             if status.is_server_error() {
                 span.record("otel.status_code", "ERROR");
             }
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
             span.in_scope(|| {
-                tracing::info!(
-                    target: "eda_context::http",
-                    status = status.as_u16(),
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "request finished"
-                );
+                if quiet {
+                    tracing::debug!(target: "eda_context::http", status = status.as_u16(), elapsed_ms, "request finished");
+                } else {
+                    tracing::info!(target: "eda_context::http", status = status.as_u16(), elapsed_ms, "request finished");
+                }
             });
             let out = response.headers_mut();
             if let Ok(value) = HeaderValue::from_str(&ctx.request_id) {

@@ -1,8 +1,8 @@
 //! JSON log lines that carry the request's context without any call site adding it.
 //!
 //! Every line inside a span tree gets, at the top level:
-//! - `trace_id` and `span_id` of the innermost span (when spans are exported), so a log line
-//!   leads straight to its trace in Jaeger;
+//! - `trace_id` and `span_id` of the innermost exported span (when spans are exported), so a
+//!   log line leads straight to its trace in Jaeger;
 //! - `request_id` and `user_id`: the nearest values recorded on a span field of that name
 //!   (eda-context's HTTP layer and consumer spans record them).
 //!
@@ -131,12 +131,12 @@ where
 
         if let Some(scope) = ctx.event_scope() {
             let mut context: [Option<String>; 2] = [None, None];
-            let mut leaf = None;
+            let mut ids = Vec::new();
             for span in scope {
-                if leaf.is_none() {
+                if ids.is_empty() {
                     line.push(("span", Value::from(span.name())));
-                    leaf = Some(span.id());
                 }
+                ids.push(span.id());
                 if let Some(found) = span.extensions().get::<ContextFields>() {
                     for (slot, value) in context.iter_mut().zip(&found.0) {
                         if slot.is_none() {
@@ -145,17 +145,17 @@ where
                     }
                 }
             }
-            if let Some(id) = leaf
-                && let Some(cx) = tracing::dispatcher::get_default(|dispatch| {
-                    tracing_opentelemetry::get_otel_context(&id, dispatch)
+            // The innermost span that is exported (`TRACE_FILTER` may leave some out).
+            let exported = tracing::dispatcher::get_default(|dispatch| {
+                ids.iter().find_map(|id| {
+                    tracing_opentelemetry::get_otel_context(id, dispatch)
+                        .map(|cx| cx.span().span_context().clone())
+                        .filter(opentelemetry::trace::SpanContext::is_valid)
                 })
-            {
-                let span = cx.span();
-                let sc = span.span_context();
-                if sc.is_valid() {
-                    line.push(("trace_id", Value::from(sc.trace_id().to_string())));
-                    line.push(("span_id", Value::from(sc.span_id().to_string())));
-                }
+            });
+            if let Some(sc) = exported {
+                line.push(("trace_id", Value::from(sc.trace_id().to_string())));
+                line.push(("span_id", Value::from(sc.span_id().to_string())));
             }
             for (name, value) in CONTEXT_FIELDS.iter().zip(context) {
                 if let Some(value) = value {

@@ -35,6 +35,8 @@ fn log_lines_carry_trace_and_request_context() {
     let mut config = eda_telemetry::TelemetryConfig::from_env("log-fields-test");
     config.export_traces = true;
     config.log_filter = "info".to_owned();
+    // Spans of target `quiet` are logged but not exported.
+    config.trace_filter = "info,quiet=off".to_owned();
     let buffer = Buffer::default();
     let guard = eda_telemetry::init_with_writer(config, buffer.clone()).expect("init");
 
@@ -50,6 +52,8 @@ fn log_lines_carry_trace_and_request_context() {
         let handler = tracing::info_span!("create_order", order.id = "o-1");
         handler.in_scope(|| {
             tracing::info!(total_cents = 2400, "order placed");
+            tracing::info_span!(target: "quiet", "not exported")
+                .in_scope(|| tracing::info!("inside a span that is not exported"));
             let cx = tracing::Span::current().context();
             let sc = cx.span().span_context().clone();
             (sc.trace_id().to_string(), sc.span_id().to_string())
@@ -64,7 +68,7 @@ fn log_lines_carry_trace_and_request_context() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
 
     assert_eq!(lines[0]["fields"]["message"], "outside any span");
     for key in ["trace_id", "span_id", "request_id", "user_id"] {
@@ -90,7 +94,15 @@ fn log_lines_carry_trace_and_request_context() {
     assert_eq!(placed["span_id"], handler_span_id.as_str());
     assert_eq!(placed["level"], "INFO");
 
-    let retry = &lines[2];
+    let quiet = &lines[2];
+    assert_eq!(quiet["span"], "not exported");
+    assert_eq!(
+        quiet["span_id"], placed["span_id"],
+        "the innermost exported span: the line still leads to a span Jaeger has"
+    );
+    assert_eq!(quiet["request_id"], "req-42");
+
+    let retry = &lines[3];
     assert_eq!(retry["request_id"], "req-43");
     assert!(retry.get("user_id").is_none());
     assert_ne!(
