@@ -30,6 +30,7 @@ use std::time::Instant;
 use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Request, Response};
+use opentelemetry::context::FutureExt as _;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -116,19 +117,26 @@ where
             otel.status_code = Empty,
             http.request.method = %method,
             http.route = route.as_deref(),
-            url.path = %request.uri().path(),
+            url.path = sanitize::printable(request.uri().path(), 1024),
             http.response.status_code = Empty,
             request_id = %ctx.request_id,
             user_id = Empty,
         );
-        // Fails only when no OpenTelemetry layer is installed: then there is no span to link.
-        let _ = span.set_parent(parent);
+        // A no-op when the span is not exported (no OpenTelemetry layer, or TRACE_FILTER): the
+        // parent is also attached around the handler below, so the chain still goes on.
+        let _ = span.set_parent(parent.clone());
         request.extensions_mut().insert(ctx.clone());
         let quiet = route
             .as_deref()
             .is_some_and(|r| self.quiet_routes.contains(&r));
         let started = Instant::now();
-        let future = self.inner.call(request).instrument(span.clone());
+        // Attached first, entered second: inside, the current OpenTelemetry context is the
+        // server span when it is exported, else the caller's parent.
+        let future = self
+            .inner
+            .call(request)
+            .instrument(span.clone())
+            .with_context(parent);
         Box::pin(async move {
             let mut response = future.await?;
             let status = response.status();

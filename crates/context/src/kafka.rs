@@ -15,11 +15,10 @@
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
-/// The value of header `name` (the last one, if repeated), when present and UTF-8. Null values
-/// and invalid UTF-8 read as absent.
+/// The value of header `name` (the first one, if repeated, like eda-idempotent-consumer's
+/// `Event::header`), when present and UTF-8. Null values and invalid UTF-8 read as absent.
 pub fn header<'a, H: Headers + ?Sized>(headers: &'a H, name: &str) -> Option<&'a str> {
     (0..headers.count())
-        .rev()
         .filter_map(|i| headers.try_get(i))
         .find(|h| h.key == name)
         .and_then(|h| h.value)
@@ -41,7 +40,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn last_utf8_value_wins_and_nulls_are_absent() {
+    fn first_utf8_value_wins_and_nulls_are_absent() {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "request-id",
@@ -59,7 +58,7 @@ mod tests {
                 key: "baggage",
                 value: Some(&[0xff_u8, 0xfe][..]),
             });
-        assert_eq!(header(&headers, "request-id"), Some("second"));
+        assert_eq!(header(&headers, "request-id"), Some("first"));
         assert_eq!(header(&headers, "user-id"), None);
         assert_eq!(header(&headers, "baggage"), None, "not UTF-8");
         assert_eq!(header(&headers, "absent"), None);

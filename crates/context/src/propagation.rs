@@ -6,7 +6,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use opentelemetry::Context;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{EventContext, trace};
 
@@ -32,15 +31,17 @@ impl Propagation {
         }
     }
 
-    /// The headers to write on an event emitted now: `ctx`'s ids plus the trace context of the
-    /// current `tracing` span (when telemetry exports spans). Empty with [`Propagation::Off`].
+    /// The headers to write on an event emitted now: `ctx`'s ids plus the current OpenTelemetry
+    /// context (the innermost *exported* span that is entered: tracing-opentelemetry activates
+    /// it on enter, so a span left out by a filter does not break the chain). Empty with
+    /// [`Propagation::Off`].
     pub fn outgoing(self, ctx: &EventContext) -> Vec<(&'static str, String)> {
         self.outgoing_or(ctx, &Context::new())
     }
 
-    /// [`outgoing`](Self::outgoing), with `fallback` as the trace context when the current
-    /// span has none (its span was filtered out or no exporting subscriber is installed): pass
-    /// the incoming parent, so that the trace still goes on through this hop.
+    /// [`outgoing`](Self::outgoing), with `fallback` as the trace context when there is no
+    /// current one (no exporting subscriber, or no exported span entered): pass the incoming
+    /// parent, so that the trace still goes on through this hop.
     pub fn outgoing_or(
         self,
         ctx: &EventContext,
@@ -50,7 +51,7 @@ impl Propagation {
         match self {
             Self::On => {
                 let mut headers = ctx.headers();
-                let current = tracing::Span::current().context();
+                let current = Context::current();
                 let cx = if current.span().span_context().is_valid() {
                     &current
                 } else {

@@ -18,6 +18,13 @@ pub fn id(value: &str) -> Option<String> {
     ok.then(|| value.to_owned())
 }
 
+/// A value shown in a span or a log line as it came (a Kafka key, a URL path): at most `max`
+/// bytes of printable ASCII, else `None` (left out rather than cut or escaped).
+pub fn printable(value: &str, max: usize) -> Option<&str> {
+    (!value.is_empty() && value.len() <= max && value.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        .then_some(value)
+}
+
 /// A W3C `traceparent` of version `00`: `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`,
 /// lowercase, ids not all zeros. Other versions and anything longer are refused.
 pub fn traceparent(value: &str) -> Option<String> {
@@ -79,6 +86,17 @@ pub fn baggage(value: &str, allowed: &[&str]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_values_are_bounded_and_free_of_control_characters() {
+        assert_eq!(printable("01a21c02-order", 64), Some("01a21c02-order"));
+        assert_eq!(printable("/orders/{id}", 64), Some("/orders/{id}"));
+        assert_eq!(printable("a\nb", 64), None);
+        assert_eq!(printable("\u{1b}[31m", 64), None);
+        assert_eq!(printable("é", 64), None);
+        assert_eq!(printable(&"x".repeat(65), 64), None);
+        assert_eq!(printable("", 64), None);
+    }
 
     #[test]
     fn ids() {

@@ -64,11 +64,22 @@ impl Event {
         };
         let event_id = find("event-id")
             .ok_or_else(|| DecodeError("missing required header event-id".to_owned()))?;
-        let event_id = Uuid::parse_str(&event_id)
-            .map_err(|_| DecodeError(format!("header event-id {event_id:?} is not a UUID")))?;
+        let event_id = Uuid::parse_str(&event_id).map_err(|_| {
+            DecodeError(format!(
+                "header event-id {} is not a UUID",
+                shown(&event_id)
+            ))
+        })?;
         let event_type = find("event-type")
             .filter(|t| !t.trim().is_empty())
             .ok_or_else(|| DecodeError("missing required header event-type".to_owned()))?;
+        // It names spans and log lines: a name, not arbitrary bytes from the producer.
+        if eda_context::sanitize::id(&event_type).is_none() {
+            return Err(DecodeError(format!(
+                "header event-type {} is not a name (1-128 characters of A-Z a-z 0-9 . _ : - @)",
+                shown(&event_type)
+            )));
+        }
         let payload = message
             .payload()
             .ok_or_else(|| DecodeError("the record has no value".to_owned()))?
@@ -130,5 +141,31 @@ impl Event {
                 self.event_type
             ))
         })
+    }
+}
+
+/// A header value as quoted in a dead-letter reason: escaped, at most 64 characters.
+fn shown(value: &str) -> String {
+    let mut out: String = value
+        .chars()
+        .take(64)
+        .flat_map(char::escape_debug)
+        .collect();
+    if value.chars().count() > 64 {
+        out.push_str("...");
+    }
+    format!("\"{out}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn reasons_quote_values_escaped_and_bounded() {
+        assert_eq!(shown("abc"), "\"abc\"");
+        assert_eq!(shown("a\nb\u{1b}"), "\"a\\nb\\u{1b}\"");
+        let long = shown(&"x".repeat(500));
+        assert!(long.len() < 80 && long.ends_with("...\""), "{long}");
     }
 }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eda_context::{EventContext, Propagation};
+use opentelemetry::context::FutureExt as _;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -342,7 +343,11 @@ impl<H: Handler> Consumer<H> {
             messaging.destination.name = message.topic(),
             messaging.destination.partition.id = message.partition(),
             messaging.kafka.offset = message.offset(),
-            messaging.kafka.message.key = message.key().and_then(|k| std::str::from_utf8(k).ok()),
+            // Keys come from whoever produced: shown only when short and printable.
+            messaging.kafka.message.key = message
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .and_then(|k| eda_context::sanitize::printable(k, 256)),
             messaging.consumer.group.name = %self.config.group_id,
             messaging.message.id = Empty,
             event.type = Empty,
@@ -350,7 +355,8 @@ impl<H: Handler> Consumer<H> {
             request_id = %context.request_id,
             user_id = context.user_id.as_deref(),
         );
-        // Fails only without an OpenTelemetry layer: then there is no trace to join.
+        // A no-op when the span is not exported (no OpenTelemetry layer, or TRACE_FILTER): the
+        // parent is also attached around the handler (see `process`), so the chain goes on.
         let _ = span.set_parent(parent.clone());
         (span, context, parent)
     }
@@ -362,9 +368,12 @@ impl<H: Handler> Consumer<H> {
         shutdown: &CancellationToken,
     ) -> Outcome {
         let (span, context, parent) = self.process_span(message);
+        // Attached first, entered second: inside, the current OpenTelemetry context is the
+        // process span when it is exported, else the record's parent.
         let outcome = self
-            .process_in_span(message, (context, parent), dlq, shutdown)
+            .process_in_span(message, (context, parent.clone()), dlq, shutdown)
             .instrument(span.clone())
+            .with_context(parent)
             .await;
         span.record("outcome", outcome.1);
         if outcome.1 == "dead-lettered" {

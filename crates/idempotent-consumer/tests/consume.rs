@@ -332,10 +332,20 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_partition_moves_on()
         b"{\"qty\":1}",
     )
     .await;
+    let c = Uuid::now_v7().to_string();
+    let hostile_type = format!("Reserve\n\u{1b}[31m{}", "x".repeat(300));
+    produce(
+        &s.stack,
+        &s.topic,
+        "order-1",
+        &[("event-id", &c), ("event-type", &hostile_type)],
+        b"{\"qty\":1}",
+    )
+    .await;
     produce_reserve(&s.stack, &s.topic, good, 2).await;
 
     start(&s, &unique("g"), Dedupe::EventId, Reserve::default())
-        .until(|m| m.dead_lettered() == 4 && m.processed() == 1)
+        .until(|m| m.dead_lettered() == 5 && m.processed() == 1)
         .await;
     assert_eq!(
         reserved(&s.pool).await,
@@ -346,7 +356,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_partition_moves_on()
     let dead = consume_all(
         &s.stack,
         &format!("{}.dlq", s.topic),
-        4,
+        5,
         WAIT,
         Duration::from_millis(500),
     )
@@ -365,6 +375,11 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_partition_moves_on()
         "{reasons:?}"
     );
     assert!(reasons[3].contains("is not a UUID"), "{reasons:?}");
+    assert!(reasons[4].contains("is not a name"), "{reasons:?}");
+    assert!(
+        !reasons[4].contains('\n') && !reasons[4].contains('\u{1b}') && reasons[4].len() < 200,
+        "the reason quotes the value escaped and cut: {reasons:?}"
+    );
     for m in &dead {
         assert_eq!(m.key(), Some(b"order-1".as_slice()), "original key kept");
         assert_eq!(

@@ -18,8 +18,6 @@ use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
-const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const PRODUCER_SPAN: &str = "00f067aa0ba902b7";
 
 type Seen = Arc<Mutex<Vec<(EventContext, Vec<(&'static str, String)>)>>>;
 
@@ -44,6 +42,7 @@ async fn handle_one(
     stack: &Stack,
     propagation: Propagation,
     event_id: &str,
+    ids: &(String, String),
 ) -> (EventContext, Vec<(&'static str, String)>, String) {
     let db = TempDatabase::create(stack).await;
     let pool = db.pool().await;
@@ -51,7 +50,7 @@ async fn handle_one(
     let topic = create_topic(stack, 1).await;
     create_topic_named(stack, &format!("{topic}.dlq"), 1).await;
     let producer: FutureProducer = kafka_config(stack).create().unwrap();
-    let traceparent = format!("00-{TRACE}-{PRODUCER_SPAN}-01");
+    let traceparent = format!("00-{}-{}-01", ids.0, ids.1);
     let headers = [
         ("event-id", event_id),
         ("event-type", "Noted"),
@@ -111,9 +110,11 @@ async fn the_consumer_span_continues_the_records_trace() {
     let guard = eda_telemetry::init_with_writer(telemetry, std::io::sink).expect("telemetry");
     let stack = Stack::from_env();
     let jaeger = Jaeger::from_env();
+    let ids = eda_test_support::jaeger::random_trace_ids();
+    let (trace_id, producer_span) = (ids.0.as_str(), ids.1.as_str());
 
     let event_id = uuid::Uuid::now_v7().to_string();
-    let (context, outgoing, topic) = handle_one(&stack, Propagation::On, &event_id).await;
+    let (context, outgoing, topic) = handle_one(&stack, Propagation::On, &event_id, &ids).await;
     guard.flush().unwrap();
     assert_eq!(context.request_id, "req-c");
     assert_eq!(context.correlation_id, "flow-c");
@@ -132,9 +133,9 @@ async fn the_consumer_span_continues_the_records_trace() {
     assert_eq!(get("request-id").as_deref(), Some("req-c"));
     let traceparent = get("traceparent").expect("the handler's emitted events carry the trace");
     let parts: Vec<&str> = traceparent.split('-').collect();
-    assert_eq!(parts[1], TRACE);
+    assert_eq!(parts[1], trace_id);
     assert_ne!(
-        parts[2], PRODUCER_SPAN,
+        parts[2], producer_span,
         "the consumer span is the parent of the next hop"
     );
 
@@ -147,13 +148,13 @@ async fn the_consumer_span_continues_the_records_trace() {
         )
         .await;
     assert_eq!(traces.len(), 1, "{traces:#?}");
-    assert_eq!(traces[0].id, TRACE);
+    assert_eq!(traces[0].id, trace_id);
     let span = traces[0]
         .find(&service, &format!("process {topic}"))
         .next()
         .expect("the process span");
     assert_eq!(span.span_id, parts[2]);
-    assert_eq!(span.parent.as_deref(), Some(PRODUCER_SPAN));
+    assert_eq!(span.parent.as_deref(), Some(producer_span));
     assert_eq!(span.tag("span.kind"), Some("consumer"));
     assert_eq!(span.tag("messaging.system"), Some("kafka"));
     assert_eq!(span.tag("messaging.operation.type"), Some("process"));
@@ -168,7 +169,7 @@ async fn the_consumer_span_continues_the_records_trace() {
 
     // Off: fresh ids, nothing written, and the span is a root of a new trace.
     let event_id = uuid::Uuid::now_v7().to_string();
-    let (context, outgoing, _) = handle_one(&stack, Propagation::Off, &event_id).await;
+    let (context, outgoing, _) = handle_one(&stack, Propagation::Off, &event_id, &ids).await;
     guard.flush().unwrap();
     assert_ne!(context.request_id, "req-c");
     assert_eq!(context.user_id, None);
@@ -182,6 +183,6 @@ async fn the_consumer_span_continues_the_records_trace() {
         )
         .await;
     assert_eq!(traces.len(), 1, "{traces:#?}");
-    assert_ne!(traces[0].id, TRACE);
+    assert_ne!(traces[0].id, trace_id);
     assert!(traces[0].spans.iter().all(|s| s.parent.is_none()));
 }

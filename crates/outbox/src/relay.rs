@@ -265,7 +265,7 @@ impl Relay {
             messaging.destination.name = %row.topic,
             messaging.destination.partition.id = Empty,
             messaging.kafka.offset = Empty,
-            messaging.kafka.message.key = %row.key,
+            messaging.kafka.message.key = sanitize::printable(&row.key, 256),
             messaging.message.id = header("event-id"),
             error.type = Empty,
             request_id = header("request-id").and_then(sanitize::id),

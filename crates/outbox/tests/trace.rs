@@ -16,8 +16,6 @@ use rdkafka::Message as _;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
-const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const WRITER_SPAN: &str = "00f067aa0ba902b7";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_publish_span_continues_the_rows_trace_and_hands_itself_to_kafka() {
@@ -25,6 +23,7 @@ async fn the_publish_span_continues_the_rows_trace_and_hands_itself_to_kafka() {
     let mut telemetry = eda_telemetry::TelemetryConfig::from_env(&service);
     telemetry.service_name.clone_from(&service);
     // Spans go to Jaeger; log lines are not what this test reads.
+    let (trace_id, writer_span) = eda_test_support::jaeger::random_trace_ids();
     let guard = eda_telemetry::init_with_writer(telemetry, std::io::sink).expect("telemetry");
 
     let stack = Stack::from_env();
@@ -36,7 +35,7 @@ async fn the_publish_span_continues_the_rows_trace_and_hands_itself_to_kafka() {
     // Row 1: written inside a traced request. Row 2: written without any trace.
     let traced = common::event(&topic, "traced", 1)
         .with_headers([
-            ("traceparent", format!("00-{TRACE}-{WRITER_SPAN}-01")),
+            ("traceparent", format!("00-{trace_id}-{writer_span}-01")),
             ("tracestate", "vendor=1".to_owned()),
             ("request-id", "req-1".to_owned()),
         ])
@@ -63,9 +62,10 @@ async fn the_publish_span_continues_the_rows_trace_and_hands_itself_to_kafka() {
     };
     let sent = header(by_key("traced"), "traceparent").unwrap();
     let parts: Vec<&str> = sent.split('-').collect();
-    assert_eq!(parts[1], TRACE, "same trace");
+    assert_eq!(parts[1], trace_id.as_str(), "same trace");
     assert_ne!(
-        parts[2], WRITER_SPAN,
+        parts[2],
+        writer_span.as_str(),
         "the record names the publish span, not the writer"
     );
     assert_eq!(
@@ -87,10 +87,10 @@ async fn the_publish_span_continues_the_rows_trace_and_hands_itself_to_kafka() {
         .find(&service, &format!("send {topic}"))
         .next()
         .expect("the publish span");
-    assert_eq!(traces[0].id, TRACE);
+    assert_eq!(traces[0].id, trace_id);
     assert_eq!(
         send.parent.as_deref(),
-        Some(WRITER_SPAN),
+        Some(writer_span.as_str()),
         "child of the writer's span"
     );
     assert_eq!(send.span_id, parts[2]);
@@ -109,7 +109,7 @@ async fn the_publish_span_continues_the_rows_trace_and_hands_itself_to_kafka() {
     let topic_off = create_topic(&stack, 1).await;
     let naive = common::event(&topic_off, "naive", 1)
         .with_headers([
-            ("traceparent", format!("00-{TRACE}-{WRITER_SPAN}-01")),
+            ("traceparent", format!("00-{trace_id}-{writer_span}-01")),
             ("request-id", "req-off".to_owned()),
         ])
         .unwrap();
@@ -129,7 +129,7 @@ async fn the_publish_span_continues_the_rows_trace_and_hands_itself_to_kafka() {
     guard.flush().unwrap();
     assert_eq!(
         header(&messages[0], "traceparent"),
-        Some(format!("00-{TRACE}-{WRITER_SPAN}-01"))
+        Some(format!("00-{trace_id}-{writer_span}-01"))
     );
     let traces = jaeger
         .wait_for(&service, &[("request_id", "req-off")], WAIT, |t| {
@@ -137,6 +137,6 @@ async fn the_publish_span_continues_the_rows_trace_and_hands_itself_to_kafka() {
         })
         .await;
     assert_eq!(traces.len(), 1, "{traces:#?}");
-    assert_ne!(traces[0].id, TRACE, "a new trace");
+    assert_ne!(traces[0].id, trace_id, "a new trace");
     assert!(traces[0].spans.iter().all(|s| s.parent.is_none()));
 }

@@ -145,14 +145,26 @@ where
                     }
                 }
             }
-            // The innermost span that is exported (`TRACE_FILTER` may leave some out).
-            let exported = tracing::dispatcher::get_default(|dispatch| {
-                ids.iter().find_map(|id| {
-                    tracing_opentelemetry::get_otel_context(id, dispatch)
-                        .map(|cx| cx.span().span_context().clone())
-                        .filter(opentelemetry::trace::SpanContext::is_valid)
+            // The innermost exported span (`TRACE_FILTER` may leave some out). For a line
+            // logged where it happens, that is the current OpenTelemetry context (activated on
+            // span enter); for a line with an explicit parent, look the spans up.
+            let exported = if event.is_contextual() {
+                Some(
+                    opentelemetry::Context::current()
+                        .span()
+                        .span_context()
+                        .clone(),
+                )
+                .filter(opentelemetry::trace::SpanContext::is_valid)
+            } else {
+                tracing::dispatcher::get_default(|dispatch| {
+                    ids.iter().find_map(|id| {
+                        tracing_opentelemetry::get_otel_context(id, dispatch)
+                            .map(|cx| cx.span().span_context().clone())
+                            .filter(opentelemetry::trace::SpanContext::is_valid)
+                    })
                 })
-            });
+            };
             if let Some(sc) = exported {
                 line.push(("trace_id", Value::from(sc.trace_id().to_string())));
                 line.push(("span_id", Value::from(sc.span_id().to_string())));

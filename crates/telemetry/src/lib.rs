@@ -41,6 +41,7 @@ use opentelemetry::{KeyValue, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -186,8 +187,16 @@ where
             source,
         })
     };
-    let log_filter = parse(&config.log_filter)?;
+    // Filters built from the two settings:
+    // - spans are exported as TRACE_FILTER says;
+    // - log lines are written as RUST_LOG says, but the log layer also sees every span that is
+    //   exported, so a line keeps its request and trace ids however quiet RUST_LOG is;
+    // - the context-fields layer stays unfiltered: giving it a per-layer filter made
+    //   tracing-opentelemetry's `Span::context()` come back empty (seen in the outbox trace
+    //   test with tracing-subscriber 0.3.23 / tracing-opentelemetry 0.34).
     let trace_filter = parse(&config.trace_filter)?;
+    let log_filter = parse(&config.log_filter)?.or(parse(&config.trace_filter)?
+        .and(tracing_subscriber::filter::filter_fn(|meta| meta.is_span())));
 
     global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
         vec![

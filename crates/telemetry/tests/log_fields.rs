@@ -34,9 +34,13 @@ impl<'w> MakeWriter<'w> for Buffer {
 fn log_lines_carry_trace_and_request_context() {
     let mut config = eda_telemetry::TelemetryConfig::from_env("log-fields-test");
     config.export_traces = true;
-    config.log_filter = "info".to_owned();
-    // Spans of target `quiet` are logged but not exported.
-    config.trace_filter = "info,quiet=off".to_owned();
+    // `hushed` logs only warnings (its INFO spans are not logged, but exported); the SDK's
+    // own diagnostics stay out of the buffer this test counts.
+    config.log_filter =
+        "info,hushed=warn,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off"
+            .to_owned();
+    // Spans of target `unexported` are logged but not exported.
+    config.trace_filter = "info,unexported=off".to_owned();
     let buffer = Buffer::default();
     let guard = eda_telemetry::init_with_writer(config, buffer.clone()).expect("init");
 
@@ -52,13 +56,25 @@ fn log_lines_carry_trace_and_request_context() {
         let handler = tracing::info_span!("create_order", order.id = "o-1");
         handler.in_scope(|| {
             tracing::info!(total_cents = 2400, "order placed");
-            tracing::info_span!(target: "quiet", "not exported")
+            tracing::info_span!(target: "unexported", "not exported")
                 .in_scope(|| tracing::info!("inside a span that is not exported"));
             let cx = tracing::Span::current().context();
             let sc = cx.span().span_context().clone();
             (sc.trace_id().to_string(), sc.span_id().to_string())
         })
     });
+    let quiet_request =
+        tracing::info_span!(target: "hushed", "HTTP request", request_id = "req-44");
+    quiet_request.in_scope(|| {
+        tracing::info!(target: "hushed", "not written: below the log level");
+        tracing::warn!(target: "hushed", "slow downstream");
+    });
+    let quiet_trace = quiet_request
+        .context()
+        .span()
+        .span_context()
+        .trace_id()
+        .to_string();
     let consumer = tracing::info_span!("process", request_id = %"req-43");
     consumer.in_scope(|| tracing::warn!(attempt = 2, "retrying"));
     drop(guard);
@@ -68,7 +84,7 @@ fn log_lines_carry_trace_and_request_context() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
 
     assert_eq!(lines[0]["fields"]["message"], "outside any span");
     for key in ["trace_id", "span_id", "request_id", "user_id"] {
@@ -102,7 +118,15 @@ fn log_lines_carry_trace_and_request_context() {
     );
     assert_eq!(quiet["request_id"], "req-42");
 
-    let retry = &lines[3];
+    let warned = &lines[3];
+    assert_eq!(warned["fields"]["message"], "slow downstream");
+    assert_eq!(
+        warned["request_id"], "req-44",
+        "a quiet log level keeps the context of spans it does not log"
+    );
+    assert_eq!(warned["trace_id"], quiet_trace.as_str());
+
+    let retry = &lines[4];
     assert_eq!(retry["request_id"], "req-43");
     assert!(retry.get("user_id").is_none());
     assert_ne!(

@@ -5,6 +5,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// A fresh W3C trace id (32 hex) and span id (16 hex), for a test's or a benchmark's own
+/// `traceparent`: a constant one would gather every run's spans into one ever-growing trace.
+pub fn random_trace_ids() -> (String, String) {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+    (trace, span)
+}
+
 /// One span as Jaeger stored it.
 #[derive(Debug, Clone)]
 pub struct Span {

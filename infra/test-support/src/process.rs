@@ -18,17 +18,6 @@ pub struct ServiceProcess {
     child: Option<Child>,
 }
 
-/// A port nothing listens on right now (the service binds it a moment later).
-///
-/// # Panics
-/// When no local port can be bound at all.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free local port")
-        .port()
-}
-
 /// The binary `name` next to `sibling` (e.g. `env!("CARGO_BIN_EXE_order-service")`): `cargo
 /// test --workspace` builds every service's binary into the same directory.
 ///
@@ -45,36 +34,48 @@ pub fn sibling_binary(sibling: &str, name: &str) -> PathBuf {
 }
 
 impl ServiceProcess {
-    /// Starts `binary` with `HTTP_PORT` set to a free port plus `envs`, and waits (60 s at most)
-    /// until `GET /healthz` answers 200.
+    /// Starts `binary` with `HTTP_PORT=0` plus `envs`, reads the address it bound from its
+    /// "... listening" log line (`fields.addr`: no race for a port with other tests), and waits
+    /// (60 s at most) until `GET /healthz` answers 200. The service must log JSON.
     ///
     /// # Panics
     /// When it exits or does not become healthy; the log tail is in the message.
     pub async fn start(binary: &Path, name: &str, envs: &[(&str, String)]) -> Self {
-        let port = free_port();
         let dir = std::env::temp_dir().join("eda-test-logs");
         std::fs::create_dir_all(&dir).expect("log directory");
         let log_path = dir.join(format!("{}.log", crate::unique(name)));
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut command = Command::new(binary);
         command
-            .env("HTTP_PORT", port.to_string())
             .stdout(Stdio::from(log.try_clone().expect("log file handle")))
             .stderr(Stdio::from(log));
         for (key, value) in envs {
             command.env(key, value);
         }
+        command.env("HTTP_PORT", "0");
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         let mut process = Self {
-            address: format!("http://127.0.0.1:{port}"),
+            address: String::new(),
             log_path,
             name: name.to_owned(),
             child: Some(child),
         };
         process.wait_healthy().await;
         process
+    }
+
+    /// The address from the service's "... listening" line, once it is logged.
+    fn bound_address(&self) -> Option<String> {
+        self.json_logs().iter().find_map(|line| {
+            let fields = &line["fields"];
+            fields["message"]
+                .as_str()
+                .filter(|m| m.ends_with("listening"))
+                .and_then(|_| fields["addr"].as_str())
+                .map(|addr| format!("http://{addr}"))
+        })
     }
 
     async fn wait_healthy(&mut self) {
@@ -90,12 +91,18 @@ impl ServiceProcess {
                     self.log_tail()
                 );
             }
-            let healthy = client
-                .get(format!("{}/healthz", self.address))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
+            if self.address.is_empty()
+                && let Some(address) = self.bound_address()
+            {
+                self.address = address;
+            }
+            let healthy = !self.address.is_empty()
+                && client
+                    .get(format!("{}/healthz", self.address))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
             if healthy {
                 return;
             }

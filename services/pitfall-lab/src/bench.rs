@@ -884,7 +884,12 @@ async fn propagation(
     let context = [
         (
             "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+            // Its own trace per run: a fixed id would gather every run into one huge trace.
+            format!(
+                "00-{}-{}-01",
+                uuid::Uuid::new_v4().simple(),
+                &uuid::Uuid::new_v4().simple().to_string()[..16]
+            ),
         ),
         ("request-id", "bench-request".to_owned()),
         ("correlation-id", "bench-flow".to_owned()),

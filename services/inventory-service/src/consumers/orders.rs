@@ -224,15 +224,23 @@ impl OrderEvents {
     }
 }
 
+/// The record's key (the order id) when it is safe to show in a span.
+fn order_key(event: &Event) -> Option<&str> {
+    event
+        .key
+        .as_deref()
+        .and_then(|k| eda_context::sanitize::printable(k, 64))
+}
+
 impl Handler for OrderEvents {
     async fn handle(&self, event: &Event, tx: &mut PgConnection) -> Result<(), HandlerError> {
         match event.event_type.as_str() {
             "OrderPlaced" => {
-                let span = tracing::info_span!("reserve stock", order.id = event.key.as_deref());
+                let span = tracing::info_span!("reserve stock", order.id = order_key(event));
                 self.place(event, tx).instrument(span).await
             }
             "OrderCancelled" => {
-                let span = tracing::info_span!("release stock", order.id = event.key.as_deref());
+                let span = tracing::info_span!("release stock", order.id = order_key(event));
                 self.cancel(event, tx).instrument(span).await
             }
             // order-service's own outcomes travel on the same topic; nothing to do here.
