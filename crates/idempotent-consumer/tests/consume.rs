@@ -11,12 +11,9 @@ use eda_idempotent_consumer::{
 };
 use eda_test_support::{
     Stack, TempDatabase, consume_all, create_topic, create_topic_named, header, kafka_config,
-    unique,
+    produce, unique,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
@@ -94,25 +91,6 @@ async fn setup() -> Setup {
         pool,
         topic,
     }
-}
-
-async fn produce(stack: &Stack, topic: &str, key: &str, headers: &[(&str, &str)], payload: &[u8]) {
-    let producer: FutureProducer = kafka_config(stack).create().unwrap();
-    let mut h = OwnedHeaders::new();
-    for (k, v) in headers {
-        h = h.insert(Header {
-            key: k,
-            value: Some(*v),
-        });
-    }
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(payload).headers(h),
-            Timeout::After(WAIT),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
 }
 
 async fn produce_reserve(stack: &Stack, topic: &str, event_id: Uuid, qty: i64) {

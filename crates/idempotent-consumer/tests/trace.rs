@@ -9,11 +9,10 @@ use std::time::Duration;
 use eda_idempotent_consumer::{
     Consumer, ConsumerConfig, Event, EventContext, Handler, HandlerError, Propagation, migrate,
 };
+use eda_test_support::jaeger::Trace;
 use eda_test_support::{
-    Jaeger, Stack, TempDatabase, create_topic, create_topic_named, kafka_config, unique,
+    Jaeger, Stack, TempDatabase, create_topic, create_topic_named, produce, unique,
 };
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +37,17 @@ impl Handler for Record {
     }
 }
 
+/// The single trace holding the process span of `event_id`.
+async fn trace_of(jaeger: &Jaeger, service: &str, event_id: &str) -> Trace {
+    let mut traces = jaeger
+        .wait_for(service, &[("messaging.message.id", event_id)], WAIT, |t| {
+            t.len() == 1
+        })
+        .await;
+    assert_eq!(traces.len(), 1, "{traces:#?}");
+    traces.remove(0)
+}
+
 async fn handle_one(
     stack: &Stack,
     propagation: Propagation,
@@ -49,7 +59,6 @@ async fn handle_one(
     migrate(&pool).await.unwrap();
     let topic = create_topic(stack, 1).await;
     create_topic_named(stack, &format!("{topic}.dlq"), 1).await;
-    let producer: FutureProducer = kafka_config(stack).create().unwrap();
     let traceparent = format!("00-{}-{}-01", ids.0, ids.1);
     let headers = [
         ("event-id", event_id),
@@ -58,24 +67,8 @@ async fn handle_one(
         ("request-id", "req-c"),
         ("user-id", "bob"),
         ("correlation-id", "flow-c"),
-    ]
-    .iter()
-    .fold(OwnedHeaders::new(), |h, (key, value)| {
-        h.insert(Header {
-            key,
-            value: Some(*value),
-        })
-    });
-    producer
-        .send(
-            FutureRecord::to(&topic)
-                .key("k")
-                .payload("{}")
-                .headers(headers),
-            WAIT,
-        )
-        .await
-        .unwrap();
+    ];
+    produce(stack, &topic, "k", &headers, b"{}").await;
 
     let seen = Seen::default();
     let mut config =
@@ -139,17 +132,9 @@ async fn the_consumer_span_continues_the_records_trace() {
         "the consumer span is the parent of the next hop"
     );
 
-    let traces = jaeger
-        .wait_for(
-            &service,
-            &[("messaging.message.id", &event_id)],
-            WAIT,
-            |t| t.len() == 1,
-        )
-        .await;
-    assert_eq!(traces.len(), 1, "{traces:#?}");
-    assert_eq!(traces[0].id, trace_id);
-    let span = traces[0]
+    let trace = trace_of(&jaeger, &service, &event_id).await;
+    assert_eq!(trace.id, trace_id);
+    let span = trace
         .find(&service, &format!("process {topic}"))
         .next()
         .expect("the process span");
@@ -174,15 +159,7 @@ async fn the_consumer_span_continues_the_records_trace() {
     assert_ne!(context.request_id, "req-c");
     assert_eq!(context.user_id, None);
     assert!(outgoing.is_empty());
-    let traces = jaeger
-        .wait_for(
-            &service,
-            &[("messaging.message.id", &event_id)],
-            WAIT,
-            |t| t.len() == 1,
-        )
-        .await;
-    assert_eq!(traces.len(), 1, "{traces:#?}");
-    assert_ne!(traces[0].id, trace_id);
-    assert!(traces[0].spans.iter().all(|s| s.parent.is_none()));
+    let trace = trace_of(&jaeger, &service, &event_id).await;
+    assert_ne!(trace.id, trace_id);
+    assert!(trace.spans.iter().all(|s| s.parent.is_none()));
 }

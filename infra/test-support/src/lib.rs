@@ -244,6 +244,40 @@ pub async fn consume_all(
     messages
 }
 
+/// Produces one record with string headers, waiting for its delivery.
+///
+/// # Panics
+/// When Kafka does not take it within a minute.
+pub async fn produce(
+    stack: &Stack,
+    topic: &str,
+    key: &str,
+    headers: &[(&str, &str)],
+    payload: &[u8],
+) {
+    let producer: rdkafka::producer::FutureProducer =
+        kafka_config(stack).create().expect("producer");
+    let headers = headers
+        .iter()
+        .fold(rdkafka::message::OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(rdkafka::message::Header {
+                key,
+                value: Some(*value),
+            })
+        });
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers),
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap_or_else(|e| panic!("producing to {topic}: {e}"));
+}
+
 /// The value of header `name` as a string, if present.
 pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
     message

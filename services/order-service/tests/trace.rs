@@ -14,10 +14,8 @@ use eda_test_support::jaeger::{Span, Trace};
 use eda_test_support::process::sibling_binary;
 use eda_test_support::{
     Jaeger, OutboxConnector, ServiceProcess, Stack, TempDatabase, consume_all, create_topic,
-    create_topic_named, header, unique,
+    create_topic_named, header, produce, unique,
 };
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -660,9 +658,6 @@ async fn hostile_context_headers_are_replaced_or_dropped_never_propagated() {
     }
 
     // Hostile Kafka headers on a record inventory consumes: replaced, and a new trace starts.
-    let producer: FutureProducer = eda_test_support::kafka_config(&flow.stack)
-        .create()
-        .unwrap();
     let order_id = uuid::Uuid::now_v7().to_string();
     let event_id = uuid::Uuid::now_v7().to_string();
     let body =
@@ -675,24 +670,15 @@ async fn hostile_context_headers_are_replaced_or_dropped_never_propagated() {
         ("request-id", "line\nbreak\u{1b}[31m"),
         ("user-id", "admin\r\nX-Forged: yes"),
         ("baggage", "password=hunter2"),
-    ]
-    .iter()
-    .fold(OwnedHeaders::new(), |h, (key, value)| {
-        h.insert(Header {
-            key,
-            value: Some(*value),
-        })
-    });
-    producer
-        .send(
-            FutureRecord::to(&flow.order_topic)
-                .key(&order_id)
-                .payload(&body)
-                .headers(headers),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    ];
+    produce(
+        &flow.stack,
+        &flow.order_topic,
+        &order_id,
+        &headers,
+        body.as_bytes(),
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let line = loop {
         let found = flow.inventory.json_logs().into_iter().find(|l| {
