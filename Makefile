@@ -4,7 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 .PHONY: help up down status urls deps infra-install infra-up infra-down infra-status infra-logs \
-        infra-topics services-up services-down build fmt lint test bench token redrive debezium-register \
+        infra-topics services-up services-down build fmt lint test bench token trace redrive debezium-register \
         debezium-delete clean-run
 
 help: ## list the targets
@@ -64,6 +64,9 @@ bench: deps ## run the benchmarks against the stack and print numbers (BENCH_ROW
 
 token: ## print a dev bearer token for curl: make token AS=alice [ROLE=admin]
 	@cargo run -q -p pitfall-lab -- token --user "$(or $(AS),alice)" $(if $(ROLE),--role $(ROLE))
+
+trace: ## print a request's trace from Jaeger as a tree: make trace REQ=<x-request-id> (or TRACE=<trace id>)
+	@source infra/env.sh && cargo run -q -p pitfall-lab -- trace $(if $(TRACE),--trace-id "$(TRACE)",--request-id "$(REQ)")
 
 redrive: ## send dead letters back after a fix: make redrive TOPIC=order.events
 	@cargo run -q -p pitfall-lab -- dlq redrive --topic "$(or $(TOPIC),order.events)"

@@ -28,6 +28,10 @@ pub struct Span {
     pub service: String,
     /// Attributes, as strings.
     pub tags: HashMap<String, String>,
+    /// Start, microseconds since the Unix epoch.
+    pub start_us: u64,
+    /// Duration in microseconds.
+    pub duration_us: u64,
 }
 
 impl Span {
@@ -85,13 +89,84 @@ impl Default for Jaeger {
 impl Jaeger {
     /// From `JAEGER_QUERY_URL`.
     pub fn from_env() -> Self {
-        Self {
-            url: std::env::var("JAEGER_QUERY_URL")
+        Self::new(
+            &std::env::var("JAEGER_QUERY_URL")
                 .ok()
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| "http://127.0.0.1:16686".to_owned()),
+        )
+    }
+
+    /// The query API at `url` (e.g. `http://127.0.0.1:16686`).
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
             client: reqwest::Client::new(),
         }
+    }
+
+    async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, String> {
+        let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.url), query)
+            .map_err(|e| format!("JAEGER_QUERY_URL {:?} is not a URL: {e}", self.url))?;
+        let response = self
+            .client
+            .get(url.clone())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("Jaeger query API at {}: {e} (is the stack up?)", self.url))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Value::Null);
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| format!("Jaeger answered {url} with something that is not JSON: {e}"))
+    }
+
+    /// Service names Jaeger has spans of.
+    ///
+    /// # Errors
+    /// When Jaeger does not answer.
+    pub async fn services(&self) -> Result<Vec<String>, String> {
+        let body = self.get("/api/services", &[]).await?;
+        Ok(body["data"]
+            .as_array()
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// One trace by id, `None` when Jaeger does not have it.
+    ///
+    /// # Errors
+    /// When Jaeger does not answer.
+    pub async fn trace(&self, trace_id: &str) -> Result<Option<Trace>, String> {
+        let body = self.get(&format!("/api/traces/{trace_id}"), &[]).await?;
+        Ok(body["data"]
+            .as_array()
+            .and_then(|traces| traces.first())
+            .map(parse_trace))
+    }
+
+    /// Traces holding a span with attribute `key` = `value`, from any service, deduplicated.
+    ///
+    /// # Errors
+    /// When Jaeger does not answer.
+    pub async fn traces_tagged(&self, key: &str, value: &str) -> Result<Vec<Trace>, String> {
+        let mut found: Vec<Trace> = Vec::new();
+        for service in self.services().await? {
+            for trace in self.search(&service, &[(key, value)]).await? {
+                if !found.iter().any(|t| t.id == trace.id) {
+                    found.push(trace);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Traces of `service` from the last hour (at most 200), optionally only those with a span
@@ -100,6 +175,12 @@ impl Jaeger {
     /// # Panics
     /// When Jaeger does not answer or answers something that is not its JSON.
     pub async fn traces(&self, service: &str, tags: &[(&str, &str)]) -> Vec<Trace> {
+        self.search(service, tags)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn search(&self, service: &str, tags: &[(&str, &str)]) -> Result<Vec<Trace>, String> {
         let mut query = vec![
             ("service", service.to_owned()),
             ("limit", "200".to_owned()),
@@ -112,20 +193,11 @@ impl Jaeger {
                 .collect();
             query.push(("tags", Value::Object(tags).to_string()));
         }
-        let url = reqwest::Url::parse_with_params(&format!("{}/api/traces", self.url), &query)
-            .expect("JAEGER_QUERY_URL is a URL");
-        let response = self
-            .client
-            .get(url)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .expect("Jaeger query API (is the stack up? `make infra-up`)");
-        let body: Value = response.json().await.expect("Jaeger answers JSON");
-        body["data"]
+        let body = self.get("/api/traces", &query).await?;
+        Ok(body["data"]
             .as_array()
             .map(|traces| traces.iter().map(parse_trace).collect())
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     /// Polls [`traces`](Self::traces) until `done` accepts the result or `timeout` passes;
@@ -195,6 +267,8 @@ fn parse_trace(trace: &Value) -> Trace {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    start_us: span["startTime"].as_u64().unwrap_or_default(),
+                    duration_us: span["duration"].as_u64().unwrap_or_default(),
                 })
                 .collect()
         })

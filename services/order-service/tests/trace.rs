@@ -286,6 +286,30 @@ async fn one_request_is_one_trace_across_both_services_with_correct_parents() {
         trace.id,
         "the response's traceparent names it"
     );
+    // The lookups `pitfall-lab trace` uses: across every service, and by trace id.
+    let everywhere = jaeger
+        .traces_tagged("request_id", &request_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        everywhere.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        [trace.id.as_str()]
+    );
+    let by_id = jaeger.trace(&trace.id).await.unwrap().expect("by id");
+    assert_eq!(by_id.spans.len(), trace.spans.len());
+    assert!(
+        by_id
+            .spans
+            .iter()
+            .all(|s| s.duration_us > 0 && s.start_us > 0)
+    );
+    assert!(
+        jaeger
+            .trace("0123456789abcdef0123456789abcdef")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let from_inventory = jaeger.traces(i, &[("request_id", &request_id)]).await;
     assert_eq!(
         from_inventory

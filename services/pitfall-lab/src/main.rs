@@ -2,10 +2,12 @@
 //!
 //! - `pitfall-lab token --user alice` prints a development bearer token for curl.
 //! - `pitfall-lab dlq redrive --topic order.events` sends dead letters back once fixed.
+//! - `pitfall-lab trace --request-id <id>` prints a request's trace from Jaeger as a tree.
 //! - `pitfall-lab bench <what>` runs a benchmark against the running stack and prints numbers
 //!   (`make bench` runs them all). Benchmarks report; they never pass or fail on speed.
 
 mod bench;
+mod trace;
 
 use std::time::Duration;
 
@@ -42,6 +44,23 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         what: Dlq,
+    },
+    /// Print the trace of a request (every service's spans tagged with its request id), or of a
+    /// trace id, as a tree, from Jaeger's query API.
+    Trace {
+        /// The request id (`x-request-id` sent or returned).
+        #[arg(long, required_unless_present = "trace_id")]
+        request_id: Option<String>,
+        /// A trace id (the second field of a `traceparent`).
+        #[arg(long)]
+        trace_id: Option<String>,
+        /// Jaeger's query API.
+        #[arg(
+            long,
+            env = "JAEGER_QUERY_URL",
+            default_value = "http://127.0.0.1:16686"
+        )]
+        jaeger: String,
     },
     /// Benchmarks against the running stack (`make infra-up`).
     Bench {
@@ -109,6 +128,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     "{dlq}: {} redriven to {topic}, {} skipped (no dlq-original-topic)",
                     report.redriven, report.skipped
                 );
+            }
+        }
+        Command::Trace {
+            request_id,
+            trace_id,
+            jaeger,
+        } => {
+            match trace::show(&jaeger, request_id.as_deref(), trace_id.as_deref()).await {
+                #[allow(clippy::print_stdout)] // the trace is the program's output
+                Ok(text) => print!("{text}"),
+                Err(message) => {
+                    #[allow(clippy::print_stderr)] // a plain message, not an error's Debug form
+                    {
+                        eprintln!("pitfall-lab trace: {message}");
+                    }
+                    std::process::exit(1);
+                }
             }
         }
         Command::Bench { what } => bench::run(what).await?,
