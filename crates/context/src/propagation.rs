@@ -32,32 +32,16 @@ impl Propagation {
     }
 
     /// The headers to write on an event emitted now: `ctx`'s ids plus the current OpenTelemetry
-    /// context (the innermost *exported* span that is entered: tracing-opentelemetry activates
-    /// it on enter, so a span left out by a filter does not break the chain). Empty with
-    /// [`Propagation::Off`].
+    /// context. Inside a span exported by tracing-opentelemetry that is the innermost such
+    /// span (activated on enter), so a span left out by a filter does not break the chain;
+    /// eda-context's HTTP layer and eda-idempotent-consumer also attach the incoming parent
+    /// around the handler, so without any exported span the caller's context goes on. Empty
+    /// with [`Propagation::Off`].
     pub fn outgoing(self, ctx: &EventContext) -> Vec<(&'static str, String)> {
-        self.outgoing_or(ctx, &Context::new())
-    }
-
-    /// [`outgoing`](Self::outgoing), with `fallback` as the trace context when there is no
-    /// current one (no exporting subscriber, or no exported span entered): pass the incoming
-    /// parent, so that the trace still goes on through this hop.
-    pub fn outgoing_or(
-        self,
-        ctx: &EventContext,
-        fallback: &Context,
-    ) -> Vec<(&'static str, String)> {
-        use opentelemetry::trace::TraceContextExt as _;
         match self {
             Self::On => {
                 let mut headers = ctx.headers();
-                let current = Context::current();
-                let cx = if current.span().span_context().is_valid() {
-                    &current
-                } else {
-                    fallback
-                };
-                headers.extend(trace::inject(cx));
+                headers.extend(trace::inject(&Context::current()));
                 headers
             }
             Self::Off => Vec::new(),
@@ -133,11 +117,12 @@ mod tests {
     }
 
     #[test]
-    fn without_a_current_span_the_incoming_parent_goes_on() {
+    fn an_attached_incoming_parent_goes_on() {
         let (ctx, parent) = Propagation::On.incoming(lookup);
-        let headers = Propagation::On.outgoing_or(&ctx, &parent);
+        let _attached = parent.attach();
+        let headers = Propagation::On.outgoing(&ctx);
         assert!(headers.contains(&("traceparent", TP.to_owned())));
-        assert!(Propagation::Off.outgoing_or(&ctx, &parent).is_empty());
+        assert!(Propagation::Off.outgoing(&ctx).is_empty());
     }
 
     #[test]

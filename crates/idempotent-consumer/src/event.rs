@@ -29,9 +29,6 @@ pub struct Event {
     /// ids when the consumer runs with `Propagation::Off`. The user id is context for logs and
     /// traces, never a credential: anyone who can produce to the topic can set it.
     pub context: EventContext,
-    /// The trace context read from the headers (empty with `Propagation::Off` or none sent):
-    /// the fallback parent for emitted events when the handler's span is not recorded.
-    pub trace_parent: opentelemetry::Context,
 }
 
 /// Why a record could not be decoded: it goes to the dead-letter topic with this reason.
@@ -43,6 +40,19 @@ impl Event {
     /// Decodes a record: `event-id` (a UUID) and `event-type` headers are required, the value
     /// must be present. Anything else is a poison record.
     pub fn decode(message: &BorrowedMessage<'_>) -> Result<Self, DecodeError> {
+        let headers = message.headers();
+        let context = EventContext::from_event(|name| {
+            headers.and_then(|h| eda_context::kafka::header(h, name))
+        });
+        Self::decode_with(message, context)
+    }
+
+    /// [`decode`](Self::decode) with the context already read (the runtime reads it before
+    /// decoding, for the span of records that turn out to be poison too).
+    pub(crate) fn decode_with(
+        message: &BorrowedMessage<'_>,
+        context: EventContext,
+    ) -> Result<Self, DecodeError> {
         let headers: Vec<(String, Option<String>)> = message
             .headers()
             .map(|h| {
@@ -84,12 +94,6 @@ impl Event {
             .payload()
             .ok_or_else(|| DecodeError("the record has no value".to_owned()))?
             .to_vec();
-        let context = EventContext::from_event(|name| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .and_then(|(_, v)| v.as_deref())
-        });
         Ok(Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -102,22 +106,18 @@ impl Event {
             event_id,
             event_type,
             context,
-            trace_parent: opentelemetry::Context::new(),
         })
     }
 
     /// The context headers to write on an event this handler emits: same request, user and
-    /// correlation, `causation-id` = this event, plus the current span's trace context
-    /// (the consumer's span, so the next hop joins the same trace). Empty when `propagation`
-    /// is off.
+    /// correlation, `causation-id` = this event, plus the current trace context (inside the
+    /// runtime: the consumer's span or a span the handler opened, else the record's parent),
+    /// so the next hop joins the same trace. Empty when `propagation` is off.
     pub fn outgoing_context(
         &self,
         propagation: eda_context::Propagation,
     ) -> Vec<(&'static str, String)> {
-        propagation.outgoing_or(
-            &self.context.caused_by(&self.event_id.to_string()),
-            &self.trace_parent,
-        )
+        propagation.outgoing(&self.context.caused_by(&self.event_id.to_string()))
     }
 
     /// The value of header `name`, if present and not null.

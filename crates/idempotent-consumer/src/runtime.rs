@@ -371,7 +371,7 @@ impl<H: Handler> Consumer<H> {
         // Attached first, entered second: inside, the current OpenTelemetry context is the
         // process span when it is exported, else the record's parent.
         let outcome = self
-            .process_in_span(message, (context, parent.clone()), dlq, shutdown)
+            .process_in_span(message, context, dlq, shutdown)
             .instrument(span.clone())
             .with_context(parent)
             .await;
@@ -385,11 +385,11 @@ impl<H: Handler> Consumer<H> {
     async fn process_in_span(
         &self,
         message: &BorrowedMessage<'_>,
-        (context, parent): (EventContext, opentelemetry::Context),
+        context: EventContext,
         dlq: &FutureProducer,
         shutdown: &CancellationToken,
     ) -> (Outcome, &'static str) {
-        let mut event = match Event::decode(message) {
+        let event = match Event::decode_with(message, context) {
             Ok(event) => event,
             Err(reason) => {
                 return (
@@ -398,8 +398,6 @@ impl<H: Handler> Consumer<H> {
                 );
             }
         };
-        event.context = context;
-        event.trace_parent = parent;
         let span = Span::current();
         span.record(
             "messaging.message.id",

@@ -64,7 +64,7 @@ impl InventoryOutcomes {
             revision,
             &body,
         )
-        .and_then(|e| e.with_headers(self.propagation.outgoing_or(&context, &event.trace_parent)))
+        .and_then(|e| e.with_headers(self.propagation.outgoing(&context)))
         .map_err(|e| HandlerError::Permanent(format!("building {event_type}: {e}")))?;
         enqueue(tx, &out)
             .await
