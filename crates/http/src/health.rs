@@ -13,6 +13,11 @@ use sqlx::PgPool;
 
 use crate::ApiError;
 
+/// Routes machines call all the time (probes and the metrics scrape): pass them to
+/// `eda_context::http::ContextLayer::with_quiet_routes` so that their "request finished" lines
+/// do not drown the log.
+pub const PROBE_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
 /// What readiness checks.
 #[derive(Clone)]
 pub struct HealthDeps {

@@ -10,9 +10,6 @@ use eda_context::http::ContextLayer;
 
 use crate::startup::AppState;
 
-/// Probes and scrapes: their "request finished" line is DEBUG, not INFO.
-const QUIET_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
-
 /// The whole API.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
@@ -22,6 +19,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(openapi::router())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         // Request id, server span (child of an incoming traceparent), context for handlers.
-        .layer(ContextLayer::new(state.propagation).with_quiet_routes(QUIET_ROUTES))
+        .layer(
+            ContextLayer::new(state.propagation).with_quiet_routes(eda_http::health::PROBE_ROUTES),
+        )
         .with_state(state)
 }
