@@ -17,6 +17,9 @@ die() {
 
 need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed; $2"; }
 
+# disk_mib DIR: "free total" in MiB for the filesystem holding DIR.
+disk_mib() { df -Pm "$1" | awk 'NR == 2 { print $4, $2 }'; }
+
 # apt_install PKG...: installs Debian packages that are missing (runs apt-get update once).
 apt_install() {
   local missing=()

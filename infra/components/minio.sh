@@ -25,11 +25,23 @@ minio_running() { pid_alive "$MINIO_PID"; }
 minio_ready() { http_ok "$S3_ENDPOINT/minio/health/ready"; }
 minio_healthy() { minio_running && minio_ready; }
 
+# MinIO answers every write with 507 XMinioStorageFull once less than 1% of its drive would stay
+# free (diskFillFraction in its source); say so at start instead of failing later, per object.
+minio_check_space() {
+  local free total need
+  read -r free total < <(disk_mib "$MINIO_HOME/data")
+  need=$((total / 100 + 512))
+  [ "$free" -ge "$need" ] || die "MinIO refuses writes when less than 1% of its drive is free: \
+$MINIO_HOME/data has $free MiB free of $total MiB, it needs at least $need MiB. Free some space \
+(Rust target dirs grow large: cargo clean, or rm -rf $EDA_CACHE_DIR/ci-target) and run again"
+}
+
 minio_start() {
+  mkdir -p "$MINIO_HOME/data"
+  minio_check_space
   minio_running && { minio_ensure_bucket; return 0; }
   refuse_busy_port "$MINIO_PORT" "MinIO S3 API"
   refuse_busy_port "$MINIO_CONSOLE_PORT" "MinIO console"
-  mkdir -p "$MINIO_HOME/data"
   say "starting S3 API on $S3_ENDPOINT, console on http://$EDA_BIND_HOST:$MINIO_CONSOLE_PORT"
   MINIO_ROOT_USER="$MINIO_ROOT_USER" MINIO_ROOT_PASSWORD="$MINIO_ROOT_PASSWORD" \
     MINIO_UPDATE=off MINIO_CALLHOME_ENABLE=off \

@@ -34,7 +34,7 @@ async fn put_get_delete_in_the_claim_check_bucket() {
         .body(ByteStream::from(body.clone()))
         .send()
         .await
-        .expect("put_object (is the bucket created? `make infra-up`)");
+        .expect("put_object (is the bucket created? `make infra-up`; XMinioStorageFull = under 1% of the drive free)");
 
     let got = s3
         .get_object()
