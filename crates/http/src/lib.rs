@@ -2,7 +2,7 @@
 //! problem details for every error ([`ApiError`]), a JSON extractor whose rejections are
 //! problem details too ([`JsonBody`]), HS256 bearer-token authentication ([`AuthUser`]),
 //! `/healthz` + `/readyz` ([`health`]), environment settings ([`config`]), and shutdown
-//! ([`shutdown_signal`], [`join_worker`]).
+//! ([`shutdown_signal`], [`Workers`]), and the layers every router gets ([`service_router`]).
 
 pub mod auth;
 pub mod config;
@@ -10,28 +10,34 @@ mod error;
 pub mod health;
 mod json;
 pub mod startup;
+mod workers;
 
 pub use auth::{AuthUser, Claims, JwtSecret, issue_token, verify};
 pub use error::{ApiError, FieldError, anyhow_like};
 pub use json::JsonBody;
+pub use workers::{WorkerOutcome, Workers};
 
-/// Waits for a background worker (consumer, relay) after shutdown was signalled, at most
-/// `timeout`, and logs how it ended: a worker that does not stop in time is left behind, and
-/// what it did not finish is redelivered or republished later.
-pub async fn join_worker<E: std::fmt::Display>(
-    name: &str,
-    task: tokio::task::JoinHandle<Result<(), E>>,
-    timeout: std::time::Duration,
-) {
-    match tokio::time::timeout(timeout, task).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => tracing::error!(worker = name, error = %err, "worker failed"),
-        Ok(Err(err)) => tracing::error!(worker = name, error = %err, "worker panicked"),
-        Err(_) => tracing::warn!(
-            worker = name,
-            "worker did not stop in time; its unfinished work will be redone"
-        ),
-    }
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use eda_context::Propagation;
+use eda_context::http::ContextLayer;
+
+/// A service's whole router: its own `api` routes plus `/healthz` and `/readyz`, a body limit of
+/// `max_body_bytes` (413 problem beyond it), and [`ContextLayer`] outermost (request id, server
+/// span as child of an incoming `traceparent`, [`eda_context::EventContext`] for handlers; the
+/// probe routes log their "request finished" lines at DEBUG).
+pub fn service_router<S>(
+    api: Router<S>,
+    propagation: Propagation,
+    max_body_bytes: usize,
+) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    health::HealthDeps: FromRef<S>,
+{
+    api.merge(health::router())
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(ContextLayer::new(propagation).with_quiet_routes(health::PROBE_ROUTES))
 }
 
 /// Resolves on Ctrl-C or SIGTERM: pass it to `axum::serve(..).with_graceful_shutdown`.

@@ -140,7 +140,9 @@ impl ServiceProcess {
     /// The log file is deleted after a clean stop (kept when a test fails before this).
     ///
     /// # Panics
-    /// When it does not stop in time.
+    /// When it does not stop in time, or not cleanly: a non-zero exit, or a background worker
+    /// (consumer, relay) that failed or was left behind (`eda_http::Workers` logs those with a
+    /// `worker` field).
     pub async fn stop(mut self) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -150,7 +152,18 @@ impl ServiceProcess {
             .status();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(Some(_)) = child.try_wait() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let unclean: Vec<Value> = self
+                    .json_logs()
+                    .into_iter()
+                    .filter(|line| line["fields"]["worker"].is_string() && line["level"] != "DEBUG")
+                    .collect();
+                assert!(
+                    status.success() && unclean.is_empty(),
+                    "{} did not stop cleanly ({status}; workers: {unclean:?}):\n{}",
+                    self.name,
+                    self.log_tail()
+                );
                 let _ = std::fs::remove_file(&self.log_path);
                 return;
             }

@@ -10,7 +10,6 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::BaseProducer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
 use crate::consumers::OrderEvents;
@@ -153,17 +152,11 @@ impl Application {
             consumer,
             settings,
         } = self;
-        // Two stages: the consumer stops first (its last transaction may enqueue events), then
-        // the relay, so what the consumer wrote is still published.
-        let (consumer_stop, relay_stop) = (CancellationToken::new(), CancellationToken::new());
-        let consumer_task = tokio::spawn(consumer.run(consumer_stop.clone()));
-        let relay_task = tokio::spawn({
-            let stop = relay_stop.clone();
-            async move {
-                relay.run(stop).await;
-                Ok::<(), std::convert::Infallible>(())
-            }
-        });
+        // The consumer stops first (its last transaction may enqueue events), then the relay,
+        // so what the consumer wrote is still published.
+        let mut workers = eda_http::Workers::new();
+        workers.spawn("consumer", |stop| consumer.run(stop));
+        workers.then().spawn("outbox relay", |stop| relay.run(stop));
         tracing::info!(
             addr = %listener.local_addr().map_err(StartupError::Serve)?,
             consumes = %settings.order_events_topic,
@@ -175,10 +168,7 @@ impl Application {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
-        consumer_stop.cancel();
-        eda_http::join_worker("consumer", consumer_task, settings.shutdown_timeout).await;
-        relay_stop.cancel();
-        eda_http::join_worker("outbox relay", relay_task, settings.shutdown_timeout).await;
+        workers.stop(settings.shutdown_timeout).await;
         state.pool.close().await;
         tracing::info!("inventory-service stopped");
         served.map_err(StartupError::Serve)

@@ -179,25 +179,20 @@ impl Application {
             consumer,
             settings,
         } = self;
-        // Two stages: the consumer stops first (its last transaction may enqueue events), then
-        // the relay and the janitor, so what the consumer wrote is still published.
-        let consumer_stop = CancellationToken::new();
-        let workers = CancellationToken::new();
-        let consumer_task = tokio::spawn(consumer.run(consumer_stop.clone()));
-        let relay_task = relay.map(|relay| {
-            let stop = workers.clone();
-            tokio::spawn(async move {
-                relay.run(stop).await;
-                Ok::<(), Infallible>(())
-            })
-        });
-        let janitor_task = (settings.relay_mode == RelayMode::Debezium).then(|| {
-            let (pool, stop) = (state.pool.clone(), workers.clone());
-            tokio::spawn(async move {
-                debezium_mode_janitor(pool, settings.outbox_retention, stop).await;
-                Ok::<(), Infallible>(())
-            })
-        });
+        // The consumer stops first (its last transaction may enqueue events), then the relay
+        // and the janitor, so what the consumer wrote is still published.
+        let mut workers = eda_http::Workers::new();
+        workers.spawn("consumer", |stop| consumer.run(stop));
+        workers.then();
+        if let Some(relay) = relay {
+            workers.spawn("outbox relay", |stop| relay.run(stop));
+        }
+        if settings.relay_mode == RelayMode::Debezium {
+            let (pool, retention) = (state.pool.clone(), settings.outbox_retention);
+            workers.spawn("outbox janitor", |stop| {
+                debezium_mode_janitor(pool, retention, stop)
+            });
+        }
         tracing::info!(
             addr = %listener.local_addr().map_err(StartupError::Serve)?,
             publish_mode = ?settings.publish_mode,
@@ -211,12 +206,7 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await;
 
-        consumer_stop.cancel();
-        join_worker("consumer", consumer_task, settings.shutdown_timeout).await;
-        workers.cancel();
-        for task in [relay_task, janitor_task].into_iter().flatten() {
-            join_worker("outbox", task, settings.shutdown_timeout).await;
-        }
+        workers.stop(settings.shutdown_timeout).await;
         if let Some(direct) = &state.direct {
             direct.flush(settings.shutdown_timeout);
         }
@@ -253,6 +243,4 @@ async fn debezium_mode_janitor(pool: PgPool, retention: Duration, stop: Cancella
     }
 }
 
-use eda_http::join_worker;
 pub use eda_http::shutdown_signal;
-use std::convert::Infallible;
