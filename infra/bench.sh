@@ -36,6 +36,9 @@ java -Xmx256m -cp "$EDA_CACHE_DIR/kafka-$KAFKA_VERSION/libs/*" -Dlog4j2.configur
 
 lab bench latency --rate 1000 --seconds "$seconds"
 lab bench http --seconds "$seconds" --concurrency 16
+# The same with the services' telemetry (spans exported to Jaeger), propagation on and off.
+lab bench http --seconds "$seconds" --concurrency 16 --export true --propagation on
+lab bench http --seconds "$seconds" --concurrency 16 --export true --propagation off
 lab bench memory --rows "$memory_rows"
 lab bench consumer --events "${BENCH_EVENTS:-100000}"
 # Propagation overhead: one process per mode (telemetry is set up once per process).

@@ -41,7 +41,9 @@ pub enum Bench {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
-    /// POST /orders throughput and latency, outbox mode vs direct mode.
+    /// POST /orders throughput and latency, outbox mode vs direct mode. By default without any
+    /// tracing subscriber; `--export true` adds telemetry as the services run it (spans exported
+    /// to Jaeger, logs at warn), with `--propagation on|off`, one process per setting.
     Http {
         /// Duration of each mode's run.
         #[arg(long, default_value_t = 15)]
@@ -49,6 +51,12 @@ pub enum Bench {
         /// Concurrent clients.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// `on` or `off` (`PROPAGATION` of the service).
+        #[arg(long, default_value = "on")]
+        propagation: eda_context::Propagation,
+        /// Export spans over OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`, Jaeger in the stack).
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        export: bool,
     },
     /// Peak RSS of a relay process draining a large backlog.
     Memory {
@@ -283,7 +291,9 @@ pub async fn run(what: Bench) -> Result<(), BoxError> {
         Bench::Http {
             seconds,
             concurrency,
-        } => http(&env, seconds, concurrency).await,
+            propagation,
+            export,
+        } => http(&env, seconds, concurrency, propagation, export).await,
         Bench::Memory { rows } => memory(&env, rows).await,
         Bench::Consumer { events } => consumer(&env, events).await,
         Bench::Propagation {
@@ -545,9 +555,21 @@ async fn latency(env: &Env, rate: u64, seconds: u64) -> Result<(), BoxError> {
     drop_database(env, &db, pool).await
 }
 
-async fn http(env: &Env, seconds: u64, concurrency: usize) -> Result<(), BoxError> {
+async fn http(
+    env: &Env,
+    seconds: u64,
+    concurrency: usize,
+    propagation: eda_context::Propagation,
+    export: bool,
+) -> Result<(), BoxError> {
+    let _telemetry = bench_telemetry(export)?;
     let mut out = vec![format!(
-        "== POST /orders, {concurrency} concurrent clients, {seconds} s per mode =="
+        "== POST /orders, {concurrency} concurrent clients, {seconds} s per mode, {} ==",
+        if export {
+            format!("spans exported, propagation {propagation}")
+        } else {
+            "no tracing subscriber".to_owned()
+        }
     )];
     for mode in [PublishMode::Outbox, PublishMode::Direct] {
         let (db, pool) = scratch_database(env).await?;
@@ -570,7 +592,7 @@ async fn http(env: &Env, seconds: u64, concurrency: usize) -> Result<(), BoxErro
             relay_poll_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(10),
             outbox_retention: Duration::from_secs(3600),
-            propagation: eda_idempotent_consumer::Propagation::On,
+            propagation,
         };
         let app = order_service::startup::Application::build(settings).await?;
         let base = format!("http://127.0.0.1:{}", app.port());
@@ -864,6 +886,17 @@ impl eda_idempotent_consumer::Handler for CountAndEmit {
     }
 }
 
+/// Telemetry as a service sets it up (spans exported over OTLP) when `export`, else none at all.
+/// Logs at warn: the benchmarks measure propagation and spans, not log lines.
+fn bench_telemetry(export: bool) -> Result<Option<eda_telemetry::TelemetryGuard>, BoxError> {
+    if !export {
+        return Ok(None);
+    }
+    let mut config = eda_telemetry::TelemetryConfig::from_env("pitfall-lab-bench");
+    config.log_filter = "warn".to_owned();
+    Ok(Some(eda_telemetry::init(config)?))
+}
+
 async fn propagation(
     env: &Env,
     events: usize,
@@ -871,14 +904,7 @@ async fn propagation(
     export: bool,
 ) -> Result<(), BoxError> {
     use eda_idempotent_consumer::{Consumer, ConsumerConfig};
-    // Logs at warn: this measures propagation and spans, not one log line per event.
-    let _telemetry = if export {
-        let mut config = eda_telemetry::TelemetryConfig::from_env("pitfall-lab-bench");
-        config.log_filter = "warn".to_owned();
-        Some(eda_telemetry::init(config)?)
-    } else {
-        None
-    };
+    let _telemetry = bench_telemetry(export)?;
     let (topic, dlq) = topic_with_dlq(env).await?;
     // What an upstream service writes: a sampled traceparent and the contract's ids.
     let context = [
