@@ -29,11 +29,12 @@ minio_healthy() { minio_running && minio_ready; }
 # free (diskFillFraction in its source); say so at start instead of failing later, per object.
 minio_check_space() {
   local free total need
-  read -r free total < <(disk_mib "$MINIO_HOME/data")
+  read -r free total < <(disk_mib "$MINIO_HOME/data") \
+    || die "cannot read the free space of $MINIO_HOME/data (df failed)"
   need=$((total / 100 + 512))
   [ "$free" -ge "$need" ] || die "MinIO refuses writes when less than 1% of its drive is free: \
 $MINIO_HOME/data has $free MiB free of $total MiB, it needs at least $need MiB. Free some space \
-(Rust target dirs grow large: cargo clean, or rm -rf $EDA_CACHE_DIR/ci-target) and run again"
+(Rust target dirs grow large: cargo clean here, and CI's cached target dir) and run again"
 }
 
 minio_start() {

@@ -1,8 +1,9 @@
 //! HTTP plumbing the services share, so that every service answers the same way: RFC 9457
 //! problem details for every error ([`ApiError`]), a JSON extractor whose rejections are
 //! problem details too ([`JsonBody`]), HS256 bearer-token authentication ([`AuthUser`]),
-//! `/healthz` + `/readyz` ([`health`]), environment settings ([`config`]), and shutdown
-//! ([`shutdown_signal`], [`Workers`]), and the layers every router gets ([`service_router`]).
+//! `/healthz` + `/readyz` ([`health`]), environment settings ([`config`]), the layers every
+//! router gets ([`service_router`]), and shutdown ([`shutdown_signal`], [`serve`] with a bounded
+//! drain, [`Workers`] stopped in stages).
 
 pub mod auth;
 pub mod config;
@@ -38,6 +39,37 @@ where
     api.merge(health::router())
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(ContextLayer::new(propagation).with_quiet_routes(health::PROBE_ROUTES))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish for
+/// at most `drain`, and returns: a stop is bounded however long a client keeps a request open.
+/// Requests still running then are logged, and end when the runtime does (when `main` returns).
+/// Returns the server's own I/O error, if any.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    drain: std::time::Duration,
+) -> std::io::Result<()> {
+    let signalled = std::sync::Arc::new(tokio::sync::Notify::new());
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let signalled = std::sync::Arc::clone(&signalled);
+        async move {
+            shutdown.await;
+            signalled.notify_one();
+        }
+    });
+    let deadline = async {
+        signalled.notified().await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        served = server => served,
+        () = deadline => {
+            tracing::warn!(?drain, "requests still in flight after the drain timeout are cut off");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM: pass it to `axum::serve(..).with_graceful_shutdown`.

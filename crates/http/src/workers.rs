@@ -53,7 +53,8 @@ struct Stage {
     tasks: Vec<(&'static str, JoinHandle<Option<String>>)>,
 }
 
-/// Workers grouped in stop stages; see the [module docs](self).
+/// Workers grouped in stop stages; see the [module docs](self). Dropping it without
+/// [`stop`](Self::stop) (an early return) asks every worker to stop, without waiting.
 #[derive(Debug)]
 pub struct Workers {
     stages: Vec<Stage>,
@@ -80,7 +81,9 @@ impl Workers {
     }
 
     /// Spawns `run(stop)` on the runtime in the current stage; `stop` is cancelled when the
-    /// stage is stopped, and the worker should then finish what it holds and return.
+    /// stage is stopped, and the worker should then finish what it holds and return. A worker
+    /// that returns before that (it failed, or gave up) is logged at once as an error: the
+    /// service goes on serving HTTP without it, and that must not go unnoticed until shutdown.
     pub fn spawn<F, Fut>(&mut self, name: &'static str, run: F) -> &mut Self
     where
         F: FnOnce(CancellationToken) -> Fut,
@@ -91,36 +94,65 @@ impl Workers {
             .stages
             .last_mut()
             .expect("there is always an open stage");
-        let task = run(stage.stop.clone());
-        stage
-            .tasks
-            .push((name, tokio::spawn(async move { task.await.error() })));
+        let stop = stage.stop.clone();
+        let task = run(stop.clone());
+        let task = tokio::spawn(async move {
+            let error = task.await.error();
+            if stop.is_cancelled() {
+                return error; // logged by `stop`
+            }
+            tracing::error!(
+                worker = name,
+                error = error.as_deref().unwrap_or("none"),
+                "worker ended before shutdown; the service runs without it"
+            );
+            None
+        });
+        stage.tasks.push((name, task));
         self
     }
 
-    /// Stops the stages in order, waiting at most `timeout` for each worker, and logs how each
-    /// ended. A worker that does not stop in time is left behind: what it did not finish is
-    /// redelivered or republished later (consumers commit after applying, the relay marks rows
-    /// after Kafka acknowledged them).
-    pub async fn stop(self, timeout: Duration) {
-        for stage in self.stages {
+    /// Stops the stages in order and logs how each worker ended, all within `timeout` in total:
+    /// each stage gets an even share of the time left (one that finishes early leaves the rest
+    /// to the next), so a stuck consumer cannot use up the relay's time too. A worker still running at the deadline
+    /// is aborted: a consumer's transaction rolls back and its offset is not committed, the
+    /// relay's unacknowledged rows stay unpublished, so that work is redone later (redelivered,
+    /// republished, deduplicated by the consumers).
+    pub async fn stop(mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stages = std::mem::take(&mut self.stages);
+        let count = u32::try_from(stages.len()).unwrap_or(u32::MAX);
+        for (stage, index) in stages.into_iter().zip(0..) {
+            let now = tokio::time::Instant::now();
+            let share = deadline.saturating_duration_since(now) / (count - index);
             stage.stop.cancel();
             for (name, task) in stage.tasks {
-                join(name, task, timeout).await;
+                join(name, task, now + share).await;
             }
         }
     }
 }
 
-async fn join(name: &str, task: JoinHandle<Option<String>>, timeout: Duration) {
-    match tokio::time::timeout(timeout, task).await {
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for stage in &self.stages {
+            stage.stop.cancel();
+        }
+    }
+}
+
+async fn join(name: &str, mut task: JoinHandle<Option<String>>, deadline: tokio::time::Instant) {
+    match tokio::time::timeout_at(deadline, &mut task).await {
         Ok(Ok(None)) => tracing::debug!(worker = name, "worker stopped"),
         Ok(Ok(Some(err))) => tracing::error!(worker = name, error = %err, "worker failed"),
         Ok(Err(err)) => tracing::error!(worker = name, error = %err, "worker panicked"),
-        Err(_) => tracing::warn!(
-            worker = name,
-            "worker did not stop in time; its unfinished work will be redone"
-        ),
+        Err(_) => {
+            task.abort();
+            tracing::warn!(
+                worker = name,
+                "worker did not stop in time and was aborted; its unfinished work will be redone"
+            );
+        }
     }
 }
 
@@ -130,36 +162,71 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn stages_stop_in_order_and_a_stuck_worker_is_left_behind() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut workers = Workers::new();
-        for name in ["consumer-a", "consumer-b"] {
-            let log = Arc::clone(&log);
-            workers.spawn(name, move |stop| async move {
+    type Log = Arc<Mutex<Vec<&'static str>>>;
+
+    /// A worker that notes its name once asked to stop, after `work` more time.
+    fn polite(
+        log: &Log,
+        name: &'static str,
+        work: Duration,
+    ) -> impl FnOnce(
+        CancellationToken,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send>> {
+        let log = Arc::clone(log);
+        move |stop| {
+            Box::pin(async move {
                 stop.cancelled().await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(work).await;
                 log.lock().unwrap().push(name);
-                Err::<(), _>("disk on fire")
-            });
+                Err("disk on fire")
+            })
         }
-        let relay_log = Arc::clone(&log);
-        workers.then().spawn("relay", move |stop| async move {
-            stop.cancelled().await;
-            relay_log.lock().unwrap().push("relay");
-        });
-        workers.spawn("stuck", |_stop| std::future::pending::<()>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stages_stop_in_order_within_the_timeout_and_stuck_workers_are_aborted() {
+        let log = Log::default();
+        let mut workers = Workers::new();
+        workers.spawn(
+            "consumer-a",
+            polite(&log, "consumer-a", Duration::from_millis(20)),
+        );
+        workers.spawn("stuck-1", |_stop| std::future::pending::<()>());
+        workers.then();
+        workers.spawn("relay", polite(&log, "relay", Duration::ZERO));
+        workers.spawn("stuck-2", |_stop| std::future::pending::<()>());
+        // Not yet asked: nobody stopped.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(log.lock().unwrap().is_empty());
 
         let started = tokio::time::Instant::now();
         workers.stop(Duration::from_millis(200)).await;
 
-        let log = log.lock().unwrap();
-        assert_eq!(log.len(), 3);
-        assert_eq!(log[2], "relay", "the second stage stopped after the first");
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "the stuck worker was waited for at most the timeout"
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["consumer-a", "relay"],
+            "the second stage stopped after the first, even though the first had a stuck worker"
         );
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(200),
+            "half the time for each stage's stuck worker, no longer in total"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_workers_asks_them_to_stop() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut workers = Workers::new();
+        workers.then().spawn("relay", |stop| async move {
+            stop.cancelled().await;
+            let _ = tx.send(());
+        });
+        drop(workers);
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("the worker was told to stop")
+            .unwrap();
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use eda_context::Propagation;
 use eda_idempotent_consumer::{Consumer, ConsumerConfig, ConsumerMetrics, Dedupe};
@@ -139,8 +140,9 @@ impl Application {
             .unwrap_or_default()
     }
 
-    /// Serves until `shutdown` resolves; then drains HTTP, stops the consumer after its event
-    /// in flight and the relay after its batch, within `SHUTDOWN_TIMEOUT_SECS`.
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish (at most
+    /// `SHUTDOWN_TIMEOUT_SECS`), then stops the consumer after its event in flight and the relay
+    /// after its batch (together at most `SHUTDOWN_TIMEOUT_SECS`).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -165,11 +167,9 @@ impl Application {
             "inventory-service listening"
         );
         let app = crate::routes::router(state.clone(), settings.max_body_bytes);
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = eda_http::serve(listener, app, shutdown, settings.shutdown_timeout).await;
         workers.stop(settings.shutdown_timeout).await;
-        state.pool.close().await;
+        eda_http::startup::close_database(&state.pool, Duration::from_secs(5)).await;
         tracing::info!("inventory-service stopped");
         served.map_err(StartupError::Serve)
     }

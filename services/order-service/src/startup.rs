@@ -166,8 +166,9 @@ impl Application {
             .unwrap_or_default()
     }
 
-    /// Serves until `shutdown` resolves, then drains HTTP requests, stops the relay after its
-    /// batch in flight, and flushes the direct producer, all within `SHUTDOWN_TIMEOUT_SECS`.
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish (at most
+    /// `SHUTDOWN_TIMEOUT_SECS`), then stops the consumer after its event in flight, the relay
+    /// after its batch, and flushes the direct producer (together at most `SHUTDOWN_TIMEOUT_SECS`).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -202,15 +203,14 @@ impl Application {
         );
 
         let app = crate::routes::router(state.clone(), settings.max_body_bytes);
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = eda_http::serve(listener, app, shutdown, settings.shutdown_timeout).await;
 
+        let stopping = std::time::Instant::now();
         workers.stop(settings.shutdown_timeout).await;
         if let Some(direct) = &state.direct {
-            direct.flush(settings.shutdown_timeout);
+            direct.flush(settings.shutdown_timeout.saturating_sub(stopping.elapsed()));
         }
-        state.pool.close().await;
+        eda_http::startup::close_database(&state.pool, Duration::from_secs(5)).await;
         tracing::info!("order-service stopped");
         served.map_err(StartupError::Serve)
     }

@@ -564,11 +564,11 @@ async fn http(
 ) -> Result<(), BoxError> {
     let _telemetry = bench_telemetry(export)?;
     let mut out = vec![format!(
-        "== POST /orders, {concurrency} concurrent clients, {seconds} s per mode, {} ==",
+        "== POST /orders, {concurrency} concurrent clients, {seconds} s per mode, propagation {propagation}, {} ==",
         if export {
-            format!("spans exported, propagation {propagation}")
+            "spans exported"
         } else {
-            "no tracing subscriber".to_owned()
+            "no tracing subscriber"
         }
     )];
     for mode in [PublishMode::Outbox, PublishMode::Direct] {
