@@ -74,8 +74,11 @@ export "${EDA_EXPORTED_VARS[@]}"
 : "${PROJECTION_SERVICE_PORT:=8082}"
 # Development-only signing key for the services' HS256 bearer tokens; override outside a laptop.
 : "${JWT_SECRET:=eda-pitfalls-dev-secret-change-me}"
+# The key above is published in this repository: the services refuse it unless EDA_DEV_MODE=1.
+# The native stack is for a laptop, so it sets that; with your own JWT_SECRET, EDA_DEV_MODE=0.
+: "${EDA_DEV_MODE:=1}"
 : "${AWS_ACCESS_KEY_ID:=$MINIO_ROOT_USER}"
 : "${AWS_SECRET_ACCESS_KEY:=$MINIO_ROOT_PASSWORD}"
 EDA_EXPORTED_VARS+=(ORDER_SERVICE_PORT INVENTORY_SERVICE_PORT PROJECTION_SERVICE_PORT JWT_SECRET
-  AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY)
+  EDA_DEV_MODE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY)
 export "${EDA_EXPORTED_VARS[@]}"

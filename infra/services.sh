@@ -34,7 +34,8 @@ cmd_up() {
     if pid_alive "$pid"; then say "already running"; continue; fi
     refuse_busy_port "$port" "$s"
     say "starting on http://$EDA_BIND_HOST:$port (log: $log)"
-    HTTP_HOST=$EDA_BIND_HOST HTTP_PORT=$port OTEL_SERVICE_NAME=$s \
+    # EDA_DEV_MODE (infra/env.sh, 1 by default) lets the services accept the development JWT key.
+    HTTP_HOST=$EDA_BIND_HOST HTTP_PORT=$port OTEL_SERVICE_NAME=$s EDA_DEV_MODE=$EDA_DEV_MODE \
       DATABASE_URL="postgres://$PG_USER:$PG_PASSWORD@$EDA_BIND_HOST:$PG_PORT/$db" \
       start_bg "$pid" "$log" "$target/release/$s"
     wait_until 60 "$s /healthz" "$log" "$pid" http_ok "http://$EDA_BIND_HOST:$port/healthz"

@@ -35,13 +35,14 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::{EventContext, Propagation, names, sanitize, trace};
+use crate::{BaggagePolicy, EventContext, Propagation, names, sanitize, trace};
 
 /// Adds [`ContextService`] around every route.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ContextLayer {
     propagation: Propagation,
     quiet_routes: &'static [&'static str],
+    baggage: BaggagePolicy,
 }
 
 impl ContextLayer {
@@ -51,7 +52,16 @@ impl ContextLayer {
         Self {
             propagation,
             quiet_routes: &[],
+            baggage: BaggagePolicy::default(),
         }
+    }
+
+    /// The baggage keys accepted from callers (default: [`BaggagePolicy::default`]); other
+    /// members of an incoming `baggage` header are dropped.
+    #[must_use]
+    pub fn with_baggage(mut self, baggage: BaggagePolicy) -> Self {
+        self.baggage = baggage;
+        self
     }
 
     /// Routes whose "request finished" line is logged at DEBUG instead of INFO: health checks
@@ -71,6 +81,7 @@ impl<S> tower::Layer<S> for ContextLayer {
             inner,
             propagation: self.propagation,
             quiet_routes: self.quiet_routes,
+            baggage: self.baggage.clone(),
         }
     }
 }
@@ -81,6 +92,7 @@ pub struct ContextService<S> {
     inner: S,
     propagation: Propagation,
     quiet_routes: &'static [&'static str],
+    baggage: BaggagePolicy,
 }
 
 impl<S, B, RB> tower::Service<Request<B>> for ContextService<S>
@@ -101,7 +113,7 @@ where
         let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let ctx = EventContext::from_http(lookup);
         let parent = match self.propagation {
-            Propagation::On => trace::extract(lookup),
+            Propagation::On => trace::extract_with(lookup, &self.baggage),
             Propagation::Off => opentelemetry::Context::new(),
         };
         let method = request.method().as_str().to_owned();
@@ -244,6 +256,46 @@ mod tests {
             assert!(uuid::Uuid::parse_str(&seen).is_ok(), "{seen}");
             assert_eq!(returned.as_deref(), Some(seen.as_str()));
         }
+    }
+
+    /// The baggage a handler would pass on, as seen through the layer.
+    async fn baggage_through(layer: ContextLayer) -> String {
+        async fn outgoing_baggage(ctx: EventContext) -> String {
+            Propagation::On
+                .outgoing(&ctx)
+                .into_iter()
+                .find(|(k, _)| *k == "baggage")
+                .map(|(_, v)| v)
+                .unwrap_or_default()
+        }
+        let app = Router::new()
+            .route("/baggage", get(outgoing_baggage))
+            .layer(layer);
+        let request = Request::builder()
+            .uri("/baggage")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .header("baggage", "tenant=acme,plan=pro,secret=x")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_layer_passes_on_only_the_baggage_its_policy_accepts() {
+        let default = ContextLayer::new(Propagation::On);
+        assert_eq!(baggage_through(default).await, "tenant=acme");
+        let plan = ContextLayer::new(Propagation::On)
+            .with_baggage(BaggagePolicy::allow(["plan"]).unwrap());
+        assert_eq!(baggage_through(plan).await, "plan=pro");
+        let none = ContextLayer::new(Propagation::On).with_baggage(BaggagePolicy::none());
+        assert_eq!(baggage_through(none).await, "");
     }
 
     #[tokio::test]

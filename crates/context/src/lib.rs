@@ -4,8 +4,9 @@
 //!
 //! Everything read from the outside is sanitised first ([`sanitize`]): a malformed
 //! `traceparent`, an oversized or control-character `x-request-id`, unknown baggage keys are
-//! dropped or replaced, never passed on raw. A user id read from a Kafka header is context for
-//! logs and traces, not a credential.
+//! dropped or replaced, never passed on raw. Which baggage keys pass is a setting
+//! ([`BaggagePolicy`], default [`baggage::DEFAULT_BAGGAGE_KEYS`]). A user id read from a Kafka
+//! header is context for logs and traces, not a credential.
 //!
 //! The core is transport-neutral: callers hand in a header lookup (`|name| headers.get(name)`)
 //! and get back `(name, value)` pairs to write. On top of it:
@@ -18,6 +19,7 @@
 //! An outbox row carries the same headers as a Kafka record: pass `outgoing(..)` to
 //! `eda_outbox::OutboxEvent::with_headers`.
 
+pub mod baggage;
 #[cfg(feature = "axum")]
 pub mod http;
 #[cfg(feature = "kafka")]
@@ -26,6 +28,7 @@ mod propagation;
 pub mod sanitize;
 pub mod trace;
 
+pub use baggage::BaggagePolicy;
 pub use propagation::Propagation;
 
 /// Header names of the message contract (Kafka and outbox) and of HTTP.

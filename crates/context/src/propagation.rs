@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use opentelemetry::Context;
 
-use crate::{EventContext, trace};
+use crate::{BaggagePolicy, EventContext, trace};
 
 /// Whether a service carries context across its boundaries (`PROPAGATION=on|off`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,9 +24,23 @@ impl Propagation {
     /// The context of an incoming event, read through `header` (a Kafka header lookup):
     /// the ids (sanitised, missing ones replaced) and the trace parent (empty when absent or
     /// malformed). With [`Propagation::Off`] nothing is read: fresh ids, no parent.
+    /// Baggage is limited to the default [`BaggagePolicy`]; [`Propagation::incoming_with`]
+    /// takes another.
     pub fn incoming<'a>(self, header: impl Fn(&str) -> Option<&'a str>) -> (EventContext, Context) {
+        self.incoming_with(header, &BaggagePolicy::default())
+    }
+
+    /// [`Propagation::incoming`], keeping only the baggage members `baggage` accepts.
+    pub fn incoming_with<'a>(
+        self,
+        header: impl Fn(&str) -> Option<&'a str>,
+        baggage: &BaggagePolicy,
+    ) -> (EventContext, Context) {
         match self {
-            Self::On => (EventContext::from_event(&header), trace::extract(&header)),
+            Self::On => (
+                EventContext::from_event(&header),
+                trace::extract_with(&header, baggage),
+            ),
             Self::Off => (EventContext::new_request(), Context::new()),
         }
     }
@@ -123,6 +137,30 @@ mod tests {
         let headers = Propagation::On.outgoing(&ctx);
         assert!(headers.contains(&("traceparent", TP.to_owned())));
         assert!(Propagation::Off.outgoing(&ctx).is_empty());
+    }
+
+    #[test]
+    fn incoming_baggage_follows_the_policy() {
+        let header = |name: &str| match name {
+            "traceparent" => Some(TP),
+            "baggage" => Some("tenant=acme,plan=pro"),
+            _ => None,
+        };
+        let baggage = |cx: Context| {
+            let _attached = cx.attach();
+            Propagation::On
+                .outgoing(&EventContext::new_request())
+                .into_iter()
+                .find(|(k, _)| *k == "baggage")
+                .map(|(_, v)| v)
+        };
+        let (_, default) = Propagation::On.incoming(header);
+        assert_eq!(baggage(default).as_deref(), Some("tenant=acme"));
+        let plan = BaggagePolicy::allow(["plan"]).unwrap();
+        let (_, custom) = Propagation::On.incoming_with(header, &plan);
+        assert_eq!(baggage(custom).as_deref(), Some("plan=pro"));
+        let (_, off) = Propagation::Off.incoming_with(header, &plan);
+        assert!(!off.span().span_context().is_valid());
     }
 
     #[test]

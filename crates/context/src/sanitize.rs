@@ -63,7 +63,13 @@ pub fn tracestate(value: &str) -> Option<String> {
 }
 
 /// `baggage` limited to `allowed` keys (others dropped), printable ASCII, at most 1 KiB in all.
+/// [`crate::BaggagePolicy::filter`] is the same check with a configurable list.
 pub fn baggage(value: &str, allowed: &[&str]) -> Option<String> {
+    baggage_where(value, |key| allowed.contains(&key))
+}
+
+/// [`baggage`] with the allow-list as a predicate.
+pub(crate) fn baggage_where(value: &str, allowed: impl Fn(&str) -> bool) -> Option<String> {
     let kept: Vec<String> = value
         .split(',')
         .filter_map(|member| {
@@ -75,8 +81,7 @@ pub fn baggage(value: &str, allowed: &[&str]) -> Option<String> {
                     && s.bytes()
                         .all(|b| (0x21..0x7f).contains(&b) && b != b',' && b != b';')
             };
-            (allowed.contains(&key) && printable(key) && printable(value))
-                .then(|| format!("{key}={value}"))
+            (printable(key) && printable(value) && allowed(key)).then(|| format!("{key}={value}"))
         })
         .collect();
     let joined = kept.join(",");

@@ -7,14 +7,24 @@ use opentelemetry::Context;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
-use crate::sanitize;
+use crate::{BaggagePolicy, baggage, sanitize};
 
-/// Baggage keys passed on; anything else is dropped at the boundary.
-pub const ALLOWED_BAGGAGE_KEYS: &[&str] = &["tenant", "region", "demo"];
+/// Baggage keys passed on by default ([`BaggagePolicy::default`]).
+#[deprecated(note = "the list is a setting now: `BaggagePolicy` (default `DEFAULT_BAGGAGE_KEYS`)")]
+pub const ALLOWED_BAGGAGE_KEYS: &[&str] = baggage::DEFAULT_BAGGAGE_KEYS;
 
-/// The trace context of an incoming request or event. Malformed values are ignored, so the
-/// result is then an empty context and the receiver starts a new trace.
+/// The trace context of an incoming request or event, with the default [`BaggagePolicy`].
+/// Malformed values are ignored, so the result is then an empty context and the receiver
+/// starts a new trace.
 pub fn extract<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Context {
+    extract_with(header, &BaggagePolicy::default())
+}
+
+/// [`extract`], keeping only the baggage members `baggage` accepts.
+pub fn extract_with<'a>(
+    header: impl Fn(&str) -> Option<&'a str>,
+    baggage: &BaggagePolicy,
+) -> Context {
     let mut carrier = HashMap::new();
     if let Some(tp) = header("traceparent").and_then(sanitize::traceparent) {
         carrier.insert("traceparent".to_owned(), tp);
@@ -22,7 +32,7 @@ pub fn extract<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Context {
             carrier.insert("tracestate".to_owned(), ts);
         }
     }
-    if let Some(bg) = header("baggage").and_then(|b| sanitize::baggage(b, ALLOWED_BAGGAGE_KEYS)) {
+    if let Some(bg) = header("baggage").and_then(|b| baggage.filter(b)) {
         carrier.insert("baggage".to_owned(), bg);
     }
     let cx = TraceContextPropagator::new().extract(&carrier);
@@ -74,6 +84,40 @@ mod tests {
             out[2],
             ("baggage", "tenant=acme".to_owned()),
             "unknown baggage keys never leave"
+        );
+    }
+
+    #[test]
+    fn the_baggage_policy_decides_which_members_cross() {
+        let header = |name: &str| match name {
+            "traceparent" => Some(TP),
+            "baggage" => Some("tenant=acme,plan=pro,secret=x"),
+            _ => None,
+        };
+        let baggage_of = |cx: &Context| {
+            inject(cx)
+                .into_iter()
+                .find(|(k, _)| *k == "baggage")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(
+            baggage_of(&extract(header)).as_deref(),
+            Some("tenant=acme"),
+            "the default list"
+        );
+        let custom = BaggagePolicy::allow(["plan", "tenant"]).unwrap();
+        let mut kept: Vec<String> = baggage_of(&extract_with(header, &custom))
+            .unwrap()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["plan=pro", "tenant=acme"]);
+        let cx = extract_with(header, &BaggagePolicy::none());
+        assert_eq!(baggage_of(&cx), None);
+        assert!(
+            cx.span().span_context().is_valid(),
+            "the trace goes on without baggage"
         );
     }
 

@@ -6,13 +6,22 @@ use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 
-/// The HS256 key, extracted from the application state with `FromRef`.
+/// The HS256 key, extracted from the application state with `FromRef`. `Debug` prints
+/// `[REDACTED]`, so a state struct that derives `Debug` cannot leak it; clones share one copy.
 #[derive(Debug, Clone)]
-pub struct JwtSecret(pub std::sync::Arc<str>);
+pub struct JwtSecret(std::sync::Arc<SecretString>);
+
+impl JwtSecret {
+    /// Wraps the key (e.g. [`ServiceSettings::jwt_secret`](crate::config::ServiceSettings)).
+    pub fn new(secret: SecretString) -> Self {
+        Self(std::sync::Arc::new(secret))
+    }
+}
 
 /// The claims this system reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,7 +124,7 @@ where
                     "the Authorization header must be: Bearer <token>".to_owned(),
                 )
             })?;
-        let user = verify(&JwtSecret::from_ref(state).0, token)?;
+        let user = verify(JwtSecret::from_ref(state).0.expose_secret(), token)?;
         // The request span's `user_id` field: every later log line of this request carries it.
         eda_context::http::record_user(&user.user_id);
         Ok(user)
@@ -141,6 +150,12 @@ mod tests {
         let user = verify(SECRET, &token).unwrap();
         assert_eq!(user.user_id, "alice");
         assert_eq!(user.roles, ["admin"]);
+    }
+
+    #[test]
+    fn the_key_does_not_show_in_debug() {
+        let printed = format!("{:?}", JwtSecret::new(SECRET.into()));
+        assert!(!printed.contains(SECRET), "{printed}");
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub mod anyhow_like {
     pub struct Internal(pub Box<dyn std::error::Error + Send + Sync>);
 }
 
+/// `?` on a query in a handler: a database failure is an internal error.
+#[cfg(feature = "postgres")]
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         Self::Internal(anyhow_like::Internal(Box::new(err)))

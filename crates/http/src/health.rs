@@ -1,15 +1,27 @@
-//! `/healthz` (the process answers) and `/readyz` (PostgreSQL and Kafka answer), the same for
-//! every service. The state provides [`HealthDeps`] through `FromRef`.
+//! `/healthz` (the process answers) and `/readyz` (every readiness check passes), the same for
+//! every service.
+//!
+//! What "ready" means belongs to the service, not to this crate: it registers named checks in a
+//! [`Readiness`] (its database, its Kafka client, its background workers still running, ...)
+//! and its state provides that through `FromRef`. This keeps eda-http free of database and
+//! Kafka clients; the checks for those are behind the `postgres` and `kafka` features.
+//!
+//! ```
+//! let mut readiness = eda_http::health::Readiness::new();
+//! readiness.add("cache", || async { Ok(()) });
+//! readiness.add("disk", || async { Err("under 1 % free".to_owned()) });
+//! ```
 
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRef, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use rdkafka::producer::{BaseProducer, Producer};
-use serde_json::{Value, json};
-use sqlx::PgPool;
+use serde_json::{Map, Value, json};
 
 use crate::ApiError;
 
@@ -18,18 +30,73 @@ use crate::ApiError;
 /// do not drown the log.
 pub const PROBE_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
-/// What readiness checks.
-#[derive(Clone)]
-pub struct HealthDeps {
-    /// The service's database.
-    pub pool: PgPool,
-    /// Any Kafka client of the service (a metadata request proves the broker answers).
-    pub kafka: Arc<BaseProducer>,
+/// How long one check may take: a probe gets an answer in time even when a dependency hangs
+/// (it then counts as failed).
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a boxed check returns: `Ok`, or why the service is not ready.
+pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+
+/// The named checks `/readyz` runs. Cloning shares them.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(Cow<'static, str>, Check)>,
 }
 
-impl std::fmt::Debug for HealthDeps {
+impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HealthDeps").finish_non_exhaustive()
+        let names: Vec<&str> = self.checks.iter().map(|(name, _)| name.as_ref()).collect();
+        f.debug_struct("Readiness").field("checks", &names).finish()
+    }
+}
+
+impl Readiness {
+    /// No checks yet: ready.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a check: `check()` is called on every `/readyz` and resolves to `Ok(())` or to a
+    /// message saying what is wrong (shown to the caller: no secrets in it). Checks run
+    /// concurrently, each for at most [`CHECK_TIMEOUT`].
+    pub fn add<F, Fut>(&mut self, name: impl Into<Cow<'static, str>>, check: F) -> &mut Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((
+            name.into(),
+            Arc::new(move || Box::pin(check()) as CheckFuture),
+        ));
+        self
+    }
+
+    /// Runs every check, concurrently; returns each name with its outcome, in the order added.
+    pub async fn run(&self) -> Vec<(Cow<'static, str>, Result<(), String>)> {
+        // Spawned, so that the checks run at the same time and a panicking one is a failure
+        // rather than a dropped connection.
+        let running: Vec<_> = self
+            .checks
+            .iter()
+            .map(|(name, check)| {
+                (
+                    name.clone(),
+                    tokio::spawn(tokio::time::timeout(CHECK_TIMEOUT, check())),
+                )
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(running.len());
+        for (name, task) in running {
+            let outcome = match task.await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+                Err(err) => Err(format!("the check failed: {err}")),
+            };
+            outcomes.push((name, outcome));
+        }
+        outcomes
     }
 }
 
@@ -37,29 +104,114 @@ impl std::fmt::Debug for HealthDeps {
 pub fn router<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
-    HealthDeps: FromRef<S>,
+    Readiness: FromRef<S>,
 {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz::<S>))
+        .route("/readyz", get(readyz))
 }
 
-async fn readyz<S>(State(deps): State<HealthDeps>) -> Result<Json<Value>, ApiError>
-where
-    HealthDeps: FromRef<S>,
-{
-    sqlx::query("SELECT 1")
-        .execute(&deps.pool)
-        .await
-        .map_err(|err| ApiError::Unavailable(format!("database: {err}")))?;
-    let kafka = deps.kafka;
-    tokio::task::spawn_blocking(move || {
-        kafka.client().fetch_metadata(None, Duration::from_secs(2))
-    })
-    .await
-    .map_err(|err| ApiError::Unavailable(format!("kafka: {err}")))?
-    .map_err(|err| ApiError::Unavailable(format!("kafka: {err}")))?;
-    Ok(Json(
-        json!({"status": "ready", "database": "ok", "kafka": "ok"}),
-    ))
+/// 200 `{"status": "ready", "checks": {"database": "ok", ...}}`, or 503 problem details whose
+/// `detail` names each failing check and why.
+async fn readyz(State(readiness): State<Readiness>) -> Result<Json<Value>, ApiError> {
+    let outcomes = readiness.run().await;
+    let failing: Vec<String> = outcomes
+        .iter()
+        .filter_map(|(name, outcome)| outcome.as_ref().err().map(|why| format!("{name}: {why}")))
+        .collect();
+    if !failing.is_empty() {
+        tracing::warn!(failing = %failing.join("; "), "not ready");
+        return Err(ApiError::Unavailable(format!(
+            "not ready: {}",
+            failing.join("; ")
+        )));
+    }
+    let checks: Map<String, Value> = outcomes
+        .into_iter()
+        .map(|(name, _)| (name.into_owned(), Value::from("ok")))
+        .collect();
+    Ok(Json(json!({"status": "ready", "checks": checks})))
+}
+
+/// A check that PostgreSQL answers `SELECT 1` through `pool`.
+#[cfg(feature = "postgres")]
+pub fn postgres(pool: sqlx::PgPool) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
+    move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map(drop)
+                .map_err(|err| err.to_string())
+        })
+    }
+}
+
+/// A check that the Kafka cluster answers a metadata request from `client` (any client of the
+/// service: this proves the brokers it was given are reachable).
+#[cfg(feature = "kafka")]
+pub fn kafka(
+    client: Arc<rdkafka::producer::BaseProducer>,
+) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
+    use rdkafka::producer::Producer as _;
+    move || {
+        let client = Arc::clone(&client);
+        Box::pin(async move {
+            // librdkafka's call blocks its thread until the answer or the timeout.
+            tokio::task::spawn_blocking(move || {
+                client.client().fetch_metadata(None, Duration::from_secs(2))
+            })
+            .await
+            .map_err(|err| err.to_string())?
+            .map(drop)
+            .map_err(|err| err.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_check_is_reported_in_order_and_a_hanging_one_fails_in_time() {
+        tokio::time::pause();
+        let mut readiness = Readiness::new();
+        readiness
+            .add("a", || async { Ok(()) })
+            .add("hangs", std::future::pending)
+            .add("b", || async { Err("down".to_owned()) });
+        let outcomes: Vec<(String, Result<(), String>)> = readiness
+            .run()
+            .await
+            .into_iter()
+            .map(|(name, outcome)| (name.into_owned(), outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("a".to_owned(), Ok(())),
+                (
+                    "hangs".to_owned(),
+                    Err(format!("no answer within {CHECK_TIMEOUT:?}"))
+                ),
+                ("b".to_owned(), Err("down".to_owned())),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn readyz_names_the_failing_checks() {
+        let mut readiness = Readiness::new();
+        readiness.add("database", || async { Ok(()) });
+        assert!(readyz(State(readiness.clone())).await.is_ok());
+        readiness.add("workers", || async { Err("consumer ended".to_owned()) });
+        match readyz(State(readiness)).await {
+            Err(ApiError::Unavailable(detail)) => {
+                assert_eq!(detail, "not ready: workers: consumer ended");
+            }
+            other => panic!("expected 503, got {other:?}"),
+        }
+    }
 }

@@ -1,9 +1,15 @@
 //! HTTP plumbing the services share, so that every service answers the same way: RFC 9457
 //! problem details for every error ([`ApiError`]), a JSON extractor whose rejections are
 //! problem details too ([`JsonBody`]), HS256 bearer-token authentication ([`AuthUser`]),
-//! `/healthz` + `/readyz` ([`health`]), environment settings ([`config`]), the layers every
-//! router gets ([`service_router`]), and shutdown ([`shutdown_signal`], [`serve`] with a bounded
-//! drain, [`Workers`] stopped in stages).
+//! `/healthz` + `/readyz` with the service's own checks ([`health`]), environment settings
+//! ([`config`]), the layers every router gets ([`service_router`]), and shutdown
+//! ([`shutdown_signal`], [`serve`] with a bounded drain, [`Workers`] stopped in stages).
+//!
+//! # Features
+//! Without features the crate needs neither sqlx nor librdkafka. `postgres` adds the database
+//! readiness check, `startup::connect_database` and `?` on `sqlx::Error` in handlers;
+//! `kafka` adds the Kafka readiness check; both together add `startup::ServiceBase`, the
+//! start-up and stop every service shares.
 
 pub mod auth;
 pub mod config;
@@ -20,25 +26,27 @@ pub use workers::{WorkerOutcome, Workers};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
-use eda_context::Propagation;
 use eda_context::http::ContextLayer;
 
-/// A service's whole router: its own `api` routes plus `/healthz` and `/readyz`, a body limit of
+/// A service's whole router: its own `api` routes plus `/healthz` and `/readyz` (running the
+/// state's [`health::Readiness`] checks), a body limit of
 /// `max_body_bytes` (413 problem beyond it), and [`ContextLayer`] outermost (request id, server
 /// span as child of an incoming `traceparent`, [`eda_context::EventContext`] for handlers; the
 /// probe routes log their "request finished" lines at DEBUG).
-pub fn service_router<S>(
-    api: Router<S>,
-    propagation: Propagation,
-    max_body_bytes: usize,
-) -> Router<S>
+///
+/// `settings` gives the body limit (`MAX_BODY_BYTES`), `PROPAGATION` and the baggage keys that
+/// may come in (`BAGGAGE_KEYS`).
+pub fn service_router<S>(api: Router<S>, settings: &config::ServiceSettings) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
-    health::HealthDeps: FromRef<S>,
+    health::Readiness: FromRef<S>,
 {
+    let context = ContextLayer::new(settings.propagation)
+        .with_baggage(settings.baggage.clone())
+        .with_quiet_routes(health::PROBE_ROUTES);
     api.merge(health::router())
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(ContextLayer::new(propagation).with_quiet_routes(health::PROBE_ROUTES))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(context)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish for

@@ -18,12 +18,16 @@
 //! workers.then().spawn("outbox relay", |stop| async move {
 //!     stop.cancelled().await; // publish until asked to stop
 //! });
+//! // A worker that ends before shutdown makes /readyz fail:
+//! let mut readiness = eda_http::health::Readiness::new();
+//! readiness.add("workers", workers.liveness());
 //! // ... axum::serve(..).with_graceful_shutdown(..).await ...
 //! workers.stop(Duration::from_secs(20)).await;
 //! # }
 //! ```
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -53,11 +57,15 @@ struct Stage {
     tasks: Vec<(&'static str, JoinHandle<Option<String>>)>,
 }
 
+/// Why each worker that ended before shutdown ended, shared with [`Workers::liveness`].
+type Ended = Arc<Mutex<Vec<String>>>;
+
 /// Workers grouped in stop stages; see the [module docs](self). Dropping it without
 /// [`stop`](Self::stop) (an early return) asks every worker to stop, without waiting.
 #[derive(Debug)]
 pub struct Workers {
     stages: Vec<Stage>,
+    ended: Ended,
 }
 
 impl Default for Workers {
@@ -71,6 +79,25 @@ impl Workers {
     pub fn new() -> Self {
         Self {
             stages: vec![Stage::default()],
+            ended: Ended::default(),
+        }
+    }
+
+    /// A readiness check (for [`Readiness::add`](crate::health::Readiness::add)) that fails
+    /// once any worker, spawned before or after this call, has ended before shutdown: returned,
+    /// failed or panicked. A service without its consumer or relay still answers HTTP, but its
+    /// events pile up; the orchestrator should see that, not only the log.
+    pub fn liveness(
+        &self,
+    ) -> impl Fn() -> std::future::Ready<Result<(), String>> + Send + Sync + 'static {
+        let ended = Arc::clone(&self.ended);
+        move || {
+            let ended = ended.lock().unwrap_or_else(PoisonError::into_inner);
+            std::future::ready(if ended.is_empty() {
+                Ok(())
+            } else {
+                Err(ended.join("; "))
+            })
         }
     }
 
@@ -82,8 +109,9 @@ impl Workers {
 
     /// Spawns `run(stop)` on the runtime in the current stage; `stop` is cancelled when the
     /// stage is stopped, and the worker should then finish what it holds and return. A worker
-    /// that returns before that (it failed, or gave up) is logged at once as an error: the
-    /// service goes on serving HTTP without it, and that must not go unnoticed until shutdown.
+    /// that ends before that (it failed, gave up, or panicked) is logged at once as an error
+    /// and fails [`liveness`](Self::liveness): the service goes on serving HTTP without it, and
+    /// that must not go unnoticed until shutdown.
     pub fn spawn<F, Fut>(&mut self, name: &'static str, run: F) -> &mut Self
     where
         F: FnOnce(CancellationToken) -> Fut,
@@ -96,17 +124,19 @@ impl Workers {
             .expect("there is always an open stage");
         let stop = stage.stop.clone();
         let task = run(stop.clone());
+        let mut watch = EarlyEnd {
+            name,
+            stop,
+            ended: Arc::clone(&self.ended),
+            outcome: None,
+        };
         let task = tokio::spawn(async move {
             let error = task.await.error();
-            if stop.is_cancelled() {
+            if watch.stop.is_cancelled() {
                 return error; // logged by `stop`
             }
-            tracing::error!(
-                worker = name,
-                error = error.as_deref().unwrap_or("none"),
-                "worker ended before shutdown; the service runs without it"
-            );
-            None
+            watch.returned(error);
+            None // reported by `watch` as it drops
         });
         stage.tasks.push((name, task));
         self
@@ -138,6 +168,45 @@ impl Drop for Workers {
         for stage in &self.stages {
             stage.stop.cancel();
         }
+    }
+}
+
+/// Reports a worker that ended while its stage still wanted it: the guard is dropped when the
+/// worker's task ends, also while unwinding from a panic, which an `await` could not see.
+struct EarlyEnd {
+    name: &'static str,
+    stop: CancellationToken,
+    ended: Ended,
+    /// Set when the worker returned: its error, or that it had none.
+    outcome: Option<String>,
+}
+
+impl EarlyEnd {
+    fn returned(&mut self, error: Option<String>) {
+        self.outcome = Some(error.unwrap_or_else(|| "returned without an error".to_owned()));
+    }
+}
+
+impl Drop for EarlyEnd {
+    fn drop(&mut self) {
+        let why = match self.outcome.take() {
+            Some(why) => why,
+            None if std::thread::panicking() => "panicked".to_owned(),
+            // Aborted at the stop deadline, or dropped with the runtime: not an early end.
+            None => return,
+        };
+        if self.stop.is_cancelled() {
+            return; // asked to stop meanwhile: `Workers::stop` logs how it ended
+        }
+        tracing::error!(
+            worker = self.name,
+            error = %why,
+            "worker ended before shutdown; the service runs without it and /readyz fails"
+        );
+        self.ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(format!("{} ended: {why}", self.name));
     }
 }
 
@@ -227,6 +296,42 @@ mod tests {
             .await
             .expect("the worker was told to stop")
             .unwrap();
+    }
+
+    async fn crash() {
+        panic!("a bug");
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_ends_early_fails_liveness_and_one_that_is_stopped_does_not() {
+        let mut workers = Workers::new();
+        let liveness = workers.liveness();
+        workers.spawn("relay", |stop| async move { stop.cancelled().await });
+        tokio::task::yield_now().await;
+        assert_eq!(liveness().await, Ok(()));
+
+        workers.spawn("consumer", |_stop| async { Err::<(), _>("broker gone") });
+        workers.spawn("janitor", |_stop| crash());
+        for _ in 0..100 {
+            if liveness().await.is_err_and(|why| why.contains("janitor")) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            liveness().await,
+            Err("consumer ended: broker gone; janitor ended: panicked".to_owned())
+        );
+
+        let mut stopped = Workers::new();
+        let liveness = stopped.liveness();
+        stopped.spawn("relay", |stop| async move { stop.cancelled().await });
+        stopped.stop(Duration::from_secs(5)).await;
+        assert_eq!(
+            liveness().await,
+            Ok(()),
+            "a worker asked to stop did not end early"
+        );
     }
 
     #[test]

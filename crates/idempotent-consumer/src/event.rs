@@ -90,6 +90,16 @@ impl Event {
                 shown(&event_type)
             )));
         }
+        // An ordering guard reads it: a revision that is present but not a number is poison, not
+        // "no revision".
+        if let Some(revision) = find("revision")
+            && revision.trim().parse::<i64>().is_err()
+        {
+            return Err(DecodeError(format!(
+                "header revision {} is not an integer",
+                shown(&revision)
+            )));
+        }
         let payload = message
             .payload()
             .ok_or_else(|| DecodeError("the record has no value".to_owned()))?
@@ -130,7 +140,21 @@ impl Event {
 
     /// The `revision` header as a number, if present.
     pub fn revision(&self) -> Option<i64> {
-        self.header("revision").and_then(|r| r.parse().ok())
+        self.header("revision").and_then(|r| r.trim().parse().ok())
+    }
+
+    /// The aggregate this event changes and its revision after the change: the
+    /// `aggregate-type` header (empty when absent), the `aggregate-id` header (else the key),
+    /// and `revision`. `None` without a revision or an id: the revision guard then lets the
+    /// event through in arrival order.
+    pub fn aggregate_revision(&self) -> Option<(String, String, i64)> {
+        let revision = self.revision()?;
+        let id = self
+            .header("aggregate-id")
+            .or(self.key.as_deref())
+            .filter(|id| !id.is_empty())?;
+        let kind = self.header("aggregate-type").unwrap_or_default();
+        Some((kind.to_owned(), id.to_owned(), revision))
     }
 
     /// The value parsed as JSON. A value that does not parse is permanent: retrying cannot fix it.

@@ -20,14 +20,16 @@ mod metrics;
 mod redrive;
 pub mod revision;
 mod runtime;
+mod tables;
 
 /// Context types, re-exported so a handler needs no second import.
 pub use eda_context::{EventContext, Propagation};
 pub use event::{DecodeError, Event};
-pub use metrics::ConsumerMetrics;
+pub use metrics::{ConsumerCollector, ConsumerMetrics, Stuck};
 pub use redrive::{RedriveReport, redrive};
 pub use revision::{RevisionCheck, check_revision, expect_one_row};
-pub use runtime::{Consumer, ConsumerConfig, Dedupe, Handler};
+pub use runtime::{CONSUMER_GUARANTEES, Consumer, ConsumerConfig, Dedupe, Handler};
+pub use tables::{ConsumerTables, MIGRATIONS_TABLE};
 
 /// A boxed error for transient failures.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -46,16 +48,46 @@ pub enum HandlerError {
 }
 
 impl From<sqlx::Error> for HandlerError {
-    /// Database errors are transient: a bad statement would fail forever, but it is a bug that
-    /// a fix plus a retry resolves, while a dropped connection or a conflict resolves itself.
+    /// Database errors are sorted by what a retry can change (see [`is_permanent`]): the
+    /// event's data breaking a constraint or a type is permanent (dead letter); everything
+    /// else, from a dropped connection to a deadlock or a missing table, is transient.
     fn from(err: sqlx::Error) -> Self {
-        Self::Transient(Box::new(err))
+        if is_permanent(&err) {
+            Self::Permanent(format!("the database refused the event's data: {err}"))
+        } else {
+            Self::Transient(Box::new(err))
+        }
     }
+}
+
+/// Whether a database error will fail the same way however often the event is retried: the
+/// SQLSTATE classes *data exception* (`22`: wrong type, out of range, invalid text) and
+/// *integrity constraint violation* (`23`: check, not-null, foreign key, unique). Connection
+/// loss, serialization failures (`40001`), deadlocks (`40P01`), lock timeouts, shutdowns and
+/// schema errors (`42`: a deploy in progress, fixed by the next one) are transient: retried,
+/// and reported as a stuck partition if they last.
+pub fn is_permanent(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| is_permanent_sqlstate(code.as_ref())),
+        _ => false,
+    }
+}
+
+fn is_permanent_sqlstate(code: &str) -> bool {
+    code.starts_with("22") || code.starts_with("23")
 }
 
 /// Errors of the runtime itself.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A setting contradicts a guarantee, or cannot work.
+    #[error("invalid consumer configuration: {0}")]
+    Config(String),
+    /// Topics (consumed ones or their `<topic>.dlq`) that do not exist on the broker.
+    #[error("missing Kafka topics (create them; auto-creation is off): {}", .0.join(", "))]
+    MissingTopics(Vec<String>),
     /// Kafka client creation or subscription failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -67,39 +99,36 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-static EMBEDDED: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// Table recording this crate's own migrations (separate from the service's).
-pub const MIGRATIONS_TABLE: &str = "_eda_consumer_migrations";
-
-/// Creates the `processed_events` and `consumer_offsets` tables. Safe at every start.
+/// Creates the default `processed_events`, `consumer_offsets` and `aggregate_revisions`
+/// tables. Safe at every start. For other names: [`ConsumerTables::migrate`].
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), Error> {
-    let mut migrator = sqlx::migrate::Migrator::with_migrations(EMBEDDED.iter().cloned().collect());
-    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator.run(pool).await?;
-    Ok(())
+    ConsumerTables::default().migrate(pool).await
 }
 
-/// Deletes processed-event records older than `older_than`. Keep it longer than the topic's
-/// retention (Kafka's default is 7 days): a record pruned while its event can still be
-/// redelivered or replayed lets that event apply twice.
+/// Deletes processed-event records and remembered aggregate revisions (default tables) older
+/// than `older_than`. Keep it longer than the topic's retention (Kafka's default is 7 days): a
+/// record pruned while its event can still be redelivered or replayed lets that event apply
+/// twice. A running consumer does this hourly ([`ConsumerConfig::retention`]).
 pub async fn prune_processed(
     pool: &sqlx::PgPool,
     older_than: std::time::Duration,
 ) -> Result<u64, Error> {
-    let mut total = 0;
-    loop {
-        let deleted = sqlx::query(
-            "DELETE FROM processed_events WHERE ctid IN (SELECT ctid FROM processed_events \
-             WHERE processed_at < now() - make_interval(secs => $1) LIMIT 10000)",
-        )
-        .bind(older_than.as_secs_f64())
-        .execute(pool)
-        .await?
-        .rows_affected();
-        total += deleted;
-        if deleted < 10_000 {
-            return Ok(total);
+    ConsumerTables::default().prune(pool, older_than).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_permanent_sqlstate;
+
+    #[test]
+    fn data_and_constraint_errors_are_permanent_the_rest_transient() {
+        for code in ["22P02", "22003", "23514", "23502", "23503", "23505"] {
+            assert!(is_permanent_sqlstate(code), "{code}");
+        }
+        for code in [
+            "40001", "40P01", "08006", "57P01", "55P03", "42P01", "53300",
+        ] {
+            assert!(!is_permanent_sqlstate(code), "{code}");
         }
     }
 }

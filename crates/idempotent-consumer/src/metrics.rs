@@ -1,14 +1,61 @@
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-/// Counters of one consumer, rendered as Prometheus text.
+use prometheus_client::collector::Collector;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelValue, EncodeMetric as _, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use uuid::Uuid;
+
+/// One event a partition has been retrying for longer than `ConsumerConfig::stuck_after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    /// Topic of the event.
+    pub topic: String,
+    /// Its partition: nothing behind it moves until it is applied or dead-lettered.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its `event-id`.
+    pub event_id: Uuid,
+    /// How long it has been failing, at the last retry.
+    pub stuck_for: Duration,
+    /// The last transient error.
+    pub error: String,
+}
+
+impl std::fmt::Display for Stuck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}[{}] stuck at offset {} (event {}) for {} s: {}",
+            self.topic,
+            self.partition,
+            self.offset,
+            self.event_id,
+            self.stuck_for.as_secs(),
+            self.error
+        )
+    }
+}
+
+/// Counters of one consumer. Expose them with [`ConsumerCollector`] (or [`render`](Self::render)).
 #[derive(Debug, Default)]
 pub struct ConsumerMetrics {
     pub(crate) processed: AtomicU64,
     pub(crate) duplicates: AtomicU64,
+    pub(crate) stale: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) lag: AtomicU64,
+    stuck: Mutex<Option<Stuck>>,
 }
 
 impl ConsumerMetrics {
@@ -19,6 +66,11 @@ impl ConsumerMetrics {
     /// Deliveries recognised as already applied and skipped.
     pub fn duplicates(&self) -> u64 {
         self.duplicates.load(Ordering::Relaxed)
+    }
+    /// Events skipped because their aggregate already had a newer (or the same) revision
+    /// applied: late, reordered or redriven events that must not undo a newer change.
+    pub fn stale(&self) -> u64 {
+        self.stale.load(Ordering::Relaxed)
     }
     /// Transient failures retried.
     pub fn retries(&self) -> u64 {
@@ -32,47 +84,217 @@ impl ConsumerMetrics {
     pub fn lag(&self) -> u64 {
         self.lag.load(Ordering::Relaxed)
     }
+    /// The event a partition is stuck on, if one has been retried for longer than
+    /// `stuck_after`. A readiness check should fail while this is `Some`.
+    pub fn stuck(&self) -> Option<Stuck> {
+        self.stuck.lock().ok().and_then(|s| s.clone())
+    }
 
-    /// Prometheus text, labelled with the consumer group.
+    /// `Ok` unless a partition is stuck: a readiness check (`/readyz`) in one call.
+    pub fn health(&self) -> Result<(), String> {
+        self.stuck().map_or(Ok(()), |stuck| Err(stuck.to_string()))
+    }
+
+    /// Records `stuck`; returns whether it is newly stuck (not the same event as before).
+    pub(crate) fn set_stuck(&self, stuck: Stuck) -> bool {
+        let Ok(mut slot) = self.stuck.lock() else {
+            return false;
+        };
+        let first = slot.as_ref().is_none_or(|s| s.event_id != stuck.event_id);
+        *slot = Some(stuck);
+        first
+    }
+
+    /// The partition moved on (applied, skipped, dead-lettered, or given up at shutdown).
+    pub(crate) fn clear_stuck(&self, topic: &str, partition: i32) {
+        if let Ok(mut slot) = self.stuck.lock()
+            && slot
+                .as_ref()
+                .is_some_and(|s| s.topic == topic && s.partition == partition)
+        {
+            *slot = None;
+        }
+    }
+
+    /// Prometheus text for this consumer alone, labelled with its group. A service with
+    /// other metrics (or several consumers) registers a [`ConsumerCollector`] instead, so that
+    /// each family is described once.
     pub fn render(&self, group: &str) -> String {
+        let collector = Snapshots(vec![(group.to_owned(), self.snapshot())]);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(collector));
         let mut out = String::new();
-        for (name, kind, help, value) in [
-            (
-                "consumer_processed_total",
-                "counter",
-                "Events applied.",
-                self.processed(),
-            ),
-            (
-                "consumer_duplicates_total",
-                "counter",
-                "Redelivered or republished events skipped.",
-                self.duplicates(),
-            ),
-            (
-                "consumer_retries_total",
-                "counter",
-                "Transient failures retried.",
-                self.retries(),
-            ),
-            (
-                "consumer_dead_lettered_total",
-                "counter",
-                "Records sent to the dead-letter topic.",
-                self.dead_lettered(),
-            ),
-            (
-                "consumer_lag",
-                "gauge",
-                "Messages not yet consumed on the assigned partitions.",
-                self.lag(),
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{group=\"{group}\"}} {value}"
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
+        out
+    }
+
+    fn snapshot(&self) -> [u64; 7] {
+        [
+            self.processed(),
+            self.duplicates(),
+            self.stale(),
+            self.retries(),
+            self.dead_lettered(),
+            self.lag(),
+            u64::from(self.stuck().is_some()),
+        ]
+    }
+}
+
+/// Names, help and kinds of the consumer families, in [`ConsumerMetrics::snapshot`] order.
+/// Counter names get their `_total` suffix from the encoder.
+const FAMILIES: [(&str, &str, bool); 7] = [
+    ("consumer_processed", "Events applied.", true),
+    (
+        "consumer_duplicates",
+        "Redelivered or republished events skipped.",
+        true,
+    ),
+    (
+        "consumer_stale",
+        "Events skipped because a newer revision of their aggregate was applied.",
+        true,
+    ),
+    ("consumer_retries", "Transient failures retried.", true),
+    (
+        "consumer_dead_lettered",
+        "Records sent to the dead-letter topic.",
+        true,
+    ),
+    (
+        "consumer_lag",
+        "Messages not yet consumed on the assigned partitions.",
+        false,
+    ),
+    (
+        "consumer_stuck",
+        "1 while a partition retries one event for longer than stuck_after.",
+        false,
+    ),
+];
+
+/// A `prometheus_client` collector for every consumer of a service: each family is described
+/// once, with one sample per consumer group (`group` label, escaped by the encoder).
+///
+/// ```
+/// use std::sync::Arc;
+/// use eda_idempotent_consumer::{ConsumerCollector, ConsumerMetrics};
+///
+/// let (orders, stock) = (Arc::new(ConsumerMetrics::default()), Arc::new(ConsumerMetrics::default()));
+/// let mut registry = prometheus_client::registry::Registry::default();
+/// registry.register_collector(Box::new(ConsumerCollector::new([
+///     ("orders", orders),
+///     ("stock", stock),
+/// ])));
+/// let mut text = String::new();
+/// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+/// assert_eq!(text.matches("# TYPE consumer_processed counter").count(), 1);
+/// assert!(text.contains("consumer_processed_total{group=\"stock\"} 0"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConsumerCollector {
+    consumers: Vec<(String, Arc<ConsumerMetrics>)>,
+}
+
+impl ConsumerCollector {
+    /// A collector over `(group, metrics)` pairs.
+    pub fn new<G: Into<String>>(
+        consumers: impl IntoIterator<Item = (G, Arc<ConsumerMetrics>)>,
+    ) -> Self {
+        Self {
+            consumers: consumers.into_iter().map(|(g, m)| (g.into(), m)).collect(),
+        }
+    }
+}
+
+impl Collector for ConsumerCollector {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snapshots = self
+            .consumers
+            .iter()
+            .map(|(group, metrics)| (group.clone(), metrics.snapshot()))
+            .collect();
+        Snapshots(snapshots).encode(encoder)
+    }
+}
+
+/// A label value escaped as the exposition formats require (`\\`, `\"`, `\n`).
+/// prometheus-client 0.24 writes `&str` label values verbatim, so a group name with a quote
+/// would otherwise break the whole scrape.
+#[derive(Debug)]
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Values read once per scrape, per group.
+#[derive(Debug)]
+struct Snapshots(Vec<(String, [u64; 7])>);
+
+impl Collector for Snapshots {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (i, (name, help, counter)) in FAMILIES.iter().enumerate() {
+            let kind = if *counter {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (group, values) in &self.0 {
+                let labels = [("group", Escaped(group))];
+                let sample = family.encode_family(&labels)?;
+                if *counter {
+                    ConstCounter::new(values[i]).encode(sample)?;
+                } else {
+                    ConstGauge::new(values[i] as i64).encode(sample)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_consumers_share_one_description_per_family_and_labels_are_escaped() {
+        let a = Arc::new(ConsumerMetrics::default());
+        a.processed.store(3, Ordering::Relaxed);
+        let collector = ConsumerCollector::new([
+            ("orders", a),
+            ("we\"ird\ngroup", Arc::new(ConsumerMetrics::default())),
+        ]);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(collector));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for (name, _, _) in FAMILIES {
+            assert_eq!(
+                text.matches(&format!("# HELP {name} ")).count(),
+                1,
+                "{text}"
             );
         }
-        out
+        assert!(
+            text.contains("consumer_processed_total{group=\"orders\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"group="we\"ird\ngroup""#),
+            "escaped: {text}"
+        );
     }
 }

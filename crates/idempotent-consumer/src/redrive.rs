@@ -28,11 +28,7 @@ pub async fn redrive(
         .set("enable.auto.commit", "false")
         .create()?;
     consumer.subscribe(&[dlq_topic])?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()?;
+    let producer: FutureProducer = crate::runtime::dlq_producer(bootstrap_servers).create()?;
     let mut report = RedriveReport::default();
     loop {
         let message = match tokio::time::timeout(idle, consumer.recv()).await {

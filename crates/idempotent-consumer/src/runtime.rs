@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eda_context::{EventContext, Propagation};
+use eda_context::{BaggagePolicy, EventContext, Propagation};
 use opentelemetry::context::FutureExt as _;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
@@ -21,7 +21,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::event::Event;
 use crate::metrics::ConsumerMetrics;
-use crate::{Error, HandlerError};
+use crate::{ConsumerTables, Error, HandlerError};
 
 /// How the runtime recognises an event it already applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +78,21 @@ pub struct ConsumerConfig {
     /// [`Propagation::On`] (default): each event's span is the child of its `traceparent`, and
     /// [`Event::context`] holds its ids. [`Propagation::Off`] ignores them (the pitfall).
     pub propagation: Propagation,
+    /// Which `baggage` entries of a record's trace context are kept (the others are dropped).
+    pub baggage: BaggagePolicy,
+    /// `true` (default): an event is applied only when its `revision` header is newer than the
+    /// last revision this group applied for the same aggregate (`aggregate-type` +
+    /// `aggregate-id` headers, else the key); older or equal ones are skipped as stale, so a
+    /// late, reordered or redriven event can never undo a newer one. The last revision is kept
+    /// in `aggregate_revisions`, in the handler's transaction. Events without a `revision`
+    /// header are applied in arrival order. Off with [`Dedupe::Off`] whatever this says.
+    pub skip_stale: bool,
+    /// The runtime's table names (default `processed_events`, `consumer_offsets`,
+    /// `aggregate_revisions`); migrate them with [`ConsumerTables::migrate`].
+    pub tables: ConsumerTables,
+    /// A partition retrying one event for longer than this is reported stuck: an ERROR log
+    /// line, the `consumer_stuck` gauge, and [`ConsumerMetrics::stuck`] (for `/readyz`).
+    pub stuck_after: Duration,
 }
 
 impl ConsumerConfig {
@@ -93,9 +108,29 @@ impl ConsumerConfig {
             kafka_overrides: Vec::new(),
             retention: Some(Duration::from_secs(8 * 24 * 3600)),
             propagation: Propagation::On,
+            baggage: BaggagePolicy::default(),
+            skip_stale: true,
+            tables: ConsumerTables::default(),
+            stuck_after: Duration::from_secs(60),
         }
     }
+
+    /// Whether the revision guard runs (see [`skip_stale`](Self::skip_stale)).
+    fn guards_revisions(&self) -> bool {
+        self.skip_stale && self.dedupe != Dedupe::Off
+    }
 }
+
+/// Consumer settings the runtime's guarantees rest on, with the values that keep them: a
+/// `kafka_overrides` entry that contradicts one is refused by [`Consumer::new`].
+pub const CONSUMER_GUARANTEES: &[(&str, &str)] = &[
+    // Offsets are stored by the runtime after the database commit, and only then committed to
+    // Kafka (periodically, on revoke and at shutdown). Auto-store would commit offsets of
+    // events whose transaction has not committed: a crash would then lose them.
+    ("enable.auto.offset.store", "false"),
+    // Never see events of an aborted producer transaction.
+    ("isolation.level", "read_committed"),
+];
 
 /// What a service implements: apply one event inside the given transaction. Return
 /// [`HandlerError::Transient`] to have it retried, [`HandlerError::Permanent`] to dead-letter it.
@@ -107,6 +142,17 @@ pub trait Handler: Send + Sync + 'static {
         event: &'a Event,
         tx: &'a mut PgConnection,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+}
+
+/// A shared handler is a handler (for a test, or one handler behind several consumers).
+impl<H: Handler> Handler for Arc<H> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a Event,
+        tx: &'a mut PgConnection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        H::handle(self, event, tx)
+    }
 }
 
 /// Partitions assigned since their last message; offsets mode seeks them to the stored offset.
@@ -147,6 +193,53 @@ enum Outcome {
 enum Applied {
     Yes,
     Duplicate,
+    /// Not newer than the aggregate's last applied revision.
+    Stale,
+}
+
+/// The runtime's SQL, written once for the configured table names.
+#[derive(Debug)]
+struct Statements {
+    stored_offset: String,
+    stored_offset_for_update: String,
+    store_offset: String,
+    record_processed: String,
+    seen_revision: String,
+    record_revision: String,
+}
+
+impl Statements {
+    fn new(t: &ConsumerTables) -> Self {
+        let (processed, offsets, revisions) = (
+            t.processed_events(),
+            t.consumer_offsets(),
+            t.aggregate_revisions(),
+        );
+        let stored_offset = format!(
+            "SELECT next_offset FROM {offsets} WHERE consumer_group = $1 AND topic = $2 AND \"partition\" = $3"
+        );
+        Self {
+            stored_offset_for_update: format!("{stored_offset} FOR UPDATE"),
+            stored_offset,
+            store_offset: format!(
+                "INSERT INTO {offsets} (consumer_group, topic, \"partition\", next_offset) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (consumer_group, topic, \"partition\") DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+            ),
+            record_processed: format!(
+                "INSERT INTO {processed} (consumer_group, event_id, topic, \"partition\", \"offset\") \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+            ),
+            seen_revision: format!(
+                "SELECT revision FROM {revisions} \
+                 WHERE consumer_group = $1 AND aggregate_type = $2 AND aggregate_id = $3 FOR UPDATE"
+            ),
+            record_revision: format!(
+                "INSERT INTO {revisions} (consumer_group, aggregate_type, aggregate_id, revision) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (consumer_group, aggregate_type, aggregate_id) \
+                 DO UPDATE SET revision = GREATEST({revisions}.revision, EXCLUDED.revision), updated_at = now()"
+            ),
+        }
+    }
 }
 
 /// The consumer runtime. One task consumes all assigned partitions in order, one event at a
@@ -156,6 +249,7 @@ pub struct Consumer<H> {
     config: ConsumerConfig,
     handler: H,
     metrics: Arc<ConsumerMetrics>,
+    sql: Statements,
 }
 
 impl<H> std::fmt::Debug for Consumer<H> {
@@ -168,14 +262,31 @@ impl<H> std::fmt::Debug for Consumer<H> {
 
 impl<H: Handler> Consumer<H> {
     /// A consumer applying events with `handler` in transactions on `pool`. Run
-    /// [`crate::migrate`] on the pool first.
-    pub fn new(pool: PgPool, config: ConsumerConfig, handler: H) -> Self {
-        Self {
+    /// [`crate::migrate`] on the pool first. Fails with [`Error::Config`] when
+    /// `config.kafka_overrides` contradicts [`CONSUMER_GUARANTEES`] or sets `group.id` /
+    /// `bootstrap.servers` (they have fields of their own).
+    pub fn new(pool: PgPool, config: ConsumerConfig, handler: H) -> Result<Self, Error> {
+        for (key, value) in &config.kafka_overrides {
+            if let Some((_, required)) = CONSUMER_GUARANTEES.iter().find(|(k, _)| k == key)
+                && !value.trim().eq_ignore_ascii_case(required)
+            {
+                return Err(Error::Config(format!(
+                    "consumer setting {key}={value:?} would break exactly-once effects; it must be {required} (or left unset)"
+                )));
+            }
+            if key == "group.id" || key == "bootstrap.servers" {
+                return Err(Error::Config(format!(
+                    "set {key} through ConsumerConfig, not kafka_overrides"
+                )));
+            }
+        }
+        Ok(Self {
             pool,
+            sql: Statements::new(&config.tables),
             config,
             handler,
             metrics: Arc::new(ConsumerMetrics::default()),
-        }
+        })
     }
 
     /// Counters for `/metrics`.
@@ -189,15 +300,13 @@ impl<H: Handler> Consumer<H> {
             .set("bootstrap.servers", &self.config.bootstrap_servers)
             .set("group.id", &self.config.group_id)
             .set("auto.offset.reset", "earliest")
-            // Offsets are stored by the runtime after the database commit, and only then
-            // committed to Kafka (periodically, on revoke and at shutdown).
             .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "1000")
-            // Never see events of an aborted producer transaction.
-            .set("isolation.level", "read_committed");
+            .set("auto.commit.interval.ms", "1000");
         for (k, v) in &self.config.kafka_overrides {
             config.set(k, v);
+        }
+        for (k, v) in CONSUMER_GUARANTEES {
+            config.set(*k, *v);
         }
         let consumer: StreamConsumer<Context> = config.create_with_context(Context { fresh })?;
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
@@ -205,24 +314,58 @@ impl<H: Handler> Consumer<H> {
         Ok(consumer)
     }
 
+    /// Checks that every consumed topic and its `<topic>.dlq` exist (topic auto-creation is off
+    /// on a careful broker): a missing dead-letter topic found at start-up, with its name,
+    /// instead of a poison record retried forever later. [`run`](Self::run) calls it first;
+    /// call it at start-up to fail before serving.
+    pub async fn verify_topics(&self) -> Result<(), Error> {
+        let wanted: Vec<String> = self
+            .config
+            .topics
+            .iter()
+            .flat_map(|t| [t.clone(), format!("{t}.dlq")])
+            .collect();
+        let probe: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.config.bootstrap_servers)
+            .create()?;
+        let metadata = tokio::task::spawn_blocking(move || {
+            probe.fetch_metadata(None, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|err| Error::Config(format!("topic check did not finish: {err}")))??;
+        let known: HashSet<&str> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.name())
+            .collect();
+        let missing: Vec<String> = wanted
+            .into_iter()
+            .filter(|t| !known.contains(t.as_str()))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::MissingTopics(missing))
+        }
+    }
+
     /// Consumes until `shutdown` is cancelled. The event in flight is finished (or, if it is
     /// being retried, abandoned without storing its offset); stored offsets are committed before
     /// returning. Bounded by the handler's own duration.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        self.verify_topics().await?;
         let fresh: Fresh = Arc::default();
         let consumer = Arc::new(self.kafka_consumer(Arc::clone(&fresh))?);
-        let dlq: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.bootstrap_servers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()?;
+        let dlq: FutureProducer = dlq_producer(&self.config.bootstrap_servers).create()?;
         let lag_running = Arc::new(AtomicBool::new(false));
         let mut next_lag = tokio::time::Instant::now();
-        let pruner = self.config.retention.filter(|_| self.config.dedupe == Dedupe::EventId).map(|age| {
-            let (pool, stop) = (self.pool.clone(), shutdown.clone());
+        let prunes = self.config.dedupe == Dedupe::EventId || self.config.guards_revisions();
+        let pruner = self.config.retention.filter(|_| prunes).map(|age| {
+            let (pool, stop, tables) = (self.pool.clone(), shutdown.clone(), self.config.tables.clone());
             tokio::spawn(async move {
                 loop {
-                    match crate::prune_processed(&pool, age).await {
+                    match tables.prune(&pool, age).await {
                         Ok(0) => {}
                         Ok(pruned) => tracing::info!(pruned, "processed-event records past retention deleted"),
                         Err(err) => tracing::warn!(error = %err, "pruning processed-event records failed; will retry"),
@@ -248,10 +391,15 @@ impl<H: Handler> Consumer<H> {
                     continue;
                 }
             };
-            if self.config.dedupe == Dedupe::Offsets
-                && self.seek_if_fresh(&consumer, &fresh, &message).await?
-            {
-                continue;
+            if self.config.dedupe == Dedupe::Offsets {
+                match self
+                    .seek_if_fresh(&consumer, &fresh, &message, &shutdown)
+                    .await
+                {
+                    Some(true) => continue,
+                    Some(false) => {}
+                    None => break, // shutdown while the database was unreachable
+                }
             }
             match self.process(&message, &dlq, &shutdown).await {
                 Outcome::Done => {
@@ -277,26 +425,48 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Offsets mode: on the first message of a newly assigned partition, seek to the offset the
-    /// database says comes next. Returns true when the message was skipped.
+    /// database says comes next. Returns `Some(true)` when the message was skipped, `None` on
+    /// shutdown. Database and seek errors are retried with backoff: the in-transaction offset
+    /// check keeps correctness meanwhile, so they are never fatal.
     async fn seek_if_fresh(
         &self,
         consumer: &StreamConsumer<Context>,
         fresh: &Fresh,
         message: &BorrowedMessage<'_>,
-    ) -> Result<bool, Error> {
+        shutdown: &CancellationToken,
+    ) -> Option<bool> {
         let key = (message.topic().to_owned(), message.partition());
         let was_fresh = fresh.lock().map(|mut f| f.remove(&key)).unwrap_or(false);
         if !was_fresh {
-            return Ok(false);
+            return Some(false);
         }
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2 AND \"partition\" = $3",
-        )
-        .bind(&self.config.group_id)
-        .bind(message.topic())
-        .bind(message.partition())
-        .fetch_optional(&self.pool)
-        .await?;
+        let mut backoff = self.config.backoff_initial;
+        loop {
+            match self.seek_to_stored(consumer, message).await {
+                Ok(skipped) => return Some(skipped),
+                Err(err) => {
+                    tracing::warn!(topic = message.topic(), partition = message.partition(), error = %err, retry_in_ms = backoff.as_millis() as u64, "cannot read the stored offset; retrying");
+                    if sleep_or_cancel(backoff, shutdown).await {
+                        return None;
+                    }
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn seek_to_stored(
+        &self,
+        consumer: &StreamConsumer<Context>,
+        message: &BorrowedMessage<'_>,
+    ) -> Result<bool, Error> {
+        let next: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.stored_offset.as_str()))
+                .bind(&self.config.group_id)
+                .bind(message.topic())
+                .bind(message.partition())
+                .fetch_optional(&self.pool)
+                .await?;
         match next {
             Some(next) if next > message.offset() => {
                 tracing::info!(
@@ -326,10 +496,10 @@ impl<H: Handler> Consumer<H> {
         message: &BorrowedMessage<'_>,
     ) -> (Span, EventContext, opentelemetry::Context) {
         let headers = message.headers();
-        let (context, parent) = self
-            .config
-            .propagation
-            .incoming(|name| headers.and_then(|h| eda_context::kafka::header(h, name)));
+        let (context, parent) = self.config.propagation.incoming_with(
+            |name| headers.and_then(|h| eda_context::kafka::header(h, name)),
+            &self.config.baggage,
+        );
         let span = tracing::info_span!(
             target: "eda_idempotent_consumer",
             parent: None,
@@ -405,62 +575,96 @@ impl<H: Handler> Consumer<H> {
         );
         span.record("event.type", event.event_type.as_str());
         let mut backoff = self.config.backoff_initial;
-        loop {
+        let first_failure = std::time::Instant::now();
+        let result = loop {
             match self.apply(&event).await {
                 Ok(Applied::Yes) => {
                     self.metrics.processed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(event.id = %event.event_id, event.type = %event.event_type, "event applied");
-                    return (Outcome::Done, "applied");
+                    break (Outcome::Done, "applied");
                 }
                 Ok(Applied::Duplicate) => {
                     self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(event.id = %event.event_id, event.type = %event.event_type, "duplicate skipped");
-                    return (Outcome::Done, "duplicate");
+                    break (Outcome::Done, "duplicate");
+                }
+                Ok(Applied::Stale) => {
+                    self.metrics.stale.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(event.id = %event.event_id, event.type = %event.event_type, revision = event.revision(), "stale event skipped: its aggregate has a newer revision applied");
+                    break (Outcome::Done, "stale");
                 }
                 Err(HandlerError::Permanent(reason)) => {
-                    return (
+                    break (
                         self.dead_letter(message, &reason, dlq, shutdown).await,
                         "dead-lettered",
                     );
                 }
                 Err(HandlerError::Transient(err)) => {
                     self.metrics.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(event.id = %event.event_id, event.type = %event.event_type, error = %err, retry_in_ms = backoff.as_millis() as u64, "transient failure; retrying the same event");
+                    let stuck_for = first_failure.elapsed();
+                    if stuck_for >= self.config.stuck_after {
+                        self.report_stuck(&event, stuck_for, &err);
+                    } else {
+                        tracing::warn!(event.id = %event.event_id, event.type = %event.event_type, error = %err, retry_in_ms = backoff.as_millis() as u64, "transient failure; retrying the same event");
+                    }
                     if sleep_or_cancel(backoff, shutdown).await {
-                        return (Outcome::Abandoned, "abandoned");
+                        break (Outcome::Abandoned, "abandoned");
                     }
                     backoff = (backoff * 2).min(self.config.backoff_max);
                 }
             }
-        }
+        };
+        self.metrics.clear_stuck(&event.topic, event.partition);
+        result
     }
 
-    /// One attempt: dedupe record + handler (+ offset row) in one transaction.
+    /// A partition has been retrying one event for longer than `stuck_after`: say so loudly
+    /// (ERROR, once per retry), and keep it visible to `/metrics` and `/readyz` until it moves.
+    fn report_stuck(&self, event: &Event, stuck_for: Duration, err: &crate::BoxError) {
+        let first = self.metrics.set_stuck(crate::metrics::Stuck {
+            topic: event.topic.clone(),
+            partition: event.partition,
+            offset: event.offset,
+            event_id: event.event_id,
+            stuck_for,
+            error: err.to_string(),
+        });
+        tracing::error!(
+            event.id = %event.event_id,
+            event.type = %event.event_type,
+            topic = %event.topic,
+            partition = event.partition,
+            offset = event.offset,
+            stuck_for_s = stuck_for.as_secs(),
+            first,
+            error = %err,
+            "partition stuck: one event has failed transiently for longer than stuck_after; retrying"
+        );
+    }
+
+    /// One attempt: dedupe record + revision guard + handler (+ offset row) in one transaction.
     async fn apply(&self, event: &Event) -> Result<Applied, HandlerError> {
         let mut tx = self.pool.begin().await?;
         match self.config.dedupe {
             Dedupe::EventId => {
-                let inserted = sqlx::query(
-                    "INSERT INTO processed_events (consumer_group, event_id, topic, \"partition\", \"offset\") \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                )
-                .bind(&self.config.group_id)
-                .bind(event.event_id)
-                .bind(&event.topic)
-                .bind(event.partition)
-                .bind(event.offset)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                let inserted = sqlx::query(sqlx::AssertSqlSafe(self.sql.record_processed.as_str()))
+                    .bind(&self.config.group_id)
+                    .bind(event.event_id)
+                    .bind(&event.topic)
+                    .bind(event.partition)
+                    .bind(event.offset)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
                 if inserted == 0 {
                     tx.rollback().await?;
                     return Ok(Applied::Duplicate);
                 }
             }
             Dedupe::Offsets => {
-                let next: Option<i64> = sqlx::query_scalar(
-                    "SELECT next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2 AND \"partition\" = $3 FOR UPDATE",
-                )
+                let next: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(
+                    self.sql.stored_offset_for_update.as_str(),
+                ))
                 .bind(&self.config.group_id)
                 .bind(&event.topic)
                 .bind(event.partition)
@@ -473,21 +677,49 @@ impl<H: Handler> Consumer<H> {
             }
             Dedupe::Off => {}
         }
-        self.handler.handle(event, &mut tx).await?;
+        let guard = self
+            .config
+            .guards_revisions()
+            .then(|| event.aggregate_revision())
+            .flatten();
+        let stale = match &guard {
+            Some((kind, id, revision)) => {
+                let seen: Option<i64> =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.seen_revision.as_str()))
+                        .bind(&self.config.group_id)
+                        .bind(kind)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                seen.is_some_and(|seen| *revision <= seen)
+            }
+            None => false,
+        };
+        if stale {
+            // Skipped, but recorded as handled: the dedupe/offset records commit below.
+        } else {
+            self.handler.handle(event, &mut tx).await?;
+            if let Some((kind, id, revision)) = &guard {
+                sqlx::query(sqlx::AssertSqlSafe(self.sql.record_revision.as_str()))
+                    .bind(&self.config.group_id)
+                    .bind(kind)
+                    .bind(id)
+                    .bind(revision)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         if self.config.dedupe == Dedupe::Offsets {
-            sqlx::query(
-                "INSERT INTO consumer_offsets (consumer_group, topic, \"partition\", next_offset) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (consumer_group, topic, \"partition\") DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()",
-            )
-            .bind(&self.config.group_id)
-            .bind(&event.topic)
-            .bind(event.partition)
-            .bind(event.offset + 1)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(self.sql.store_offset.as_str()))
+                .bind(&self.config.group_id)
+                .bind(&event.topic)
+                .bind(event.partition)
+                .bind(event.offset + 1)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
-        Ok(Applied::Yes)
+        Ok(if stale { Applied::Stale } else { Applied::Yes })
     }
 
     /// Sends the original record to `<topic>.dlq` with the reason, retrying until Kafka takes
@@ -582,6 +814,18 @@ impl<H: Handler> Consumer<H> {
             running.store(false, Ordering::Release);
         });
     }
+}
+
+/// The producer of dead letters (and redriven records): idempotent, `acks=all`, and Java's
+/// partitioner, so a key lands on the partition every other producer of the project uses.
+pub(crate) fn dlq_producer(bootstrap_servers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random");
+    config
 }
 
 async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) -> bool {

@@ -45,7 +45,19 @@ impl Handler for Reserve {
             .ok_or_else(|| HandlerError::Permanent("qty missing".to_owned()))?;
         if self.fail_first.load(Ordering::SeqCst) > 0 {
             self.fail_first.fetch_sub(1, Ordering::SeqCst);
-            return Err(HandlerError::Transient("simulated database hiccup".into()));
+            // A real serialization failure from PostgreSQL (SQLSTATE 40001): transient.
+            sqlx::query(
+                "DO $$ BEGIN RAISE EXCEPTION 'simulated conflict' USING ERRCODE = '40001'; END $$",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        if body["bad_data"].as_bool() == Some(true) {
+            // The event's data does not fit the schema (SQLSTATE 22P02): permanent.
+            sqlx::query("SELECT $1::int")
+                .bind("not a number")
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query("UPDATE stock SET reserved = reserved + $1 WHERE sku = 'SKU-1'")
             .bind(qty)
@@ -94,7 +106,12 @@ async fn setup() -> Setup {
 }
 
 async fn produce_reserve(stack: &Stack, topic: &str, event_id: Uuid, qty: i64) {
-    let id = event_id.to_string();
+    produce_revision(stack, topic, event_id, 1, json!({ "qty": qty })).await;
+}
+
+/// A `Reserve` event of aggregate `order-1` at `revision`.
+async fn produce_revision(stack: &Stack, topic: &str, event_id: Uuid, revision: i64, body: Value) {
+    let (id, revision) = (event_id.to_string(), revision.to_string());
     produce(
         stack,
         topic,
@@ -102,9 +119,11 @@ async fn produce_reserve(stack: &Stack, topic: &str, event_id: Uuid, qty: i64) {
         &[
             ("event-id", &id),
             ("event-type", "Reserve"),
-            ("revision", "1"),
+            ("aggregate-type", "Order"),
+            ("aggregate-id", "order-1"),
+            ("revision", &revision),
         ],
-        json!({"qty": qty}).to_string().as_bytes(),
+        body.to_string().as_bytes(),
     )
     .await;
 }
@@ -137,10 +156,24 @@ impl Running {
 }
 
 fn start(s: &Setup, group: &str, dedupe: Dedupe, handler: Reserve) -> Running {
+    start_with(s, group, handler, |c| c.dedupe = dedupe)
+}
+
+fn config(s: &Setup, group: &str) -> ConsumerConfig {
     let mut config = ConsumerConfig::new(&s.stack.kafka_bootstrap_servers, group, &[&s.topic]);
-    config.dedupe = dedupe;
     config.backoff_initial = Duration::from_millis(20);
-    let consumer = Consumer::new(s.pool.clone(), config, handler);
+    config
+}
+
+fn start_with(
+    s: &Setup,
+    group: &str,
+    handler: Reserve,
+    tweak: impl FnOnce(&mut ConsumerConfig),
+) -> Running {
+    let mut config = config(s, group);
+    tweak(&mut config);
+    let consumer = Consumer::new(s.pool.clone(), config, handler).unwrap();
     let metrics = consumer.metrics();
     let stop = CancellationToken::new();
     let handle = tokio::spawn({
@@ -211,17 +244,185 @@ async fn without_dedupe_a_republished_event_is_applied_three_times() {
 }
 
 #[tokio::test]
-async fn offsets_in_the_database_do_not_catch_republished_duplicates() {
+async fn offsets_in_the_database_alone_do_not_catch_republished_duplicates_revisions_do() {
     // Documented limitation of Dedupe::Offsets, measured: a republish has a new offset.
     let s = setup().await;
     let event_id = Uuid::now_v7();
     for _ in 0..3 {
         produce_reserve(&s.stack, &s.topic, event_id, 5).await;
     }
+    start_with(&s, &unique("g"), Reserve::default(), |c| {
+        c.dedupe = Dedupe::Offsets;
+        c.skip_stale = false;
+    })
+    .until(|m| m.processed() == 3)
+    .await;
+    assert_eq!(
+        reserved(&s.pool).await,
+        15,
+        "offsets alone: applied 3 times"
+    );
+
+    // With the revision guard (the default), the republished copies carry a revision already
+    // applied: skipped as stale.
+    sqlx::query("UPDATE stock SET reserved = 0")
+        .execute(&s.pool)
+        .await
+        .unwrap();
     start(&s, &unique("g"), Dedupe::Offsets, Reserve::default())
-        .until(|m| m.processed() == 3)
+        .until(|m| m.processed() == 1 && m.stale() == 2)
         .await;
-    assert_eq!(reserved(&s.pool).await, 15);
+    assert_eq!(
+        reserved(&s.pool).await,
+        5,
+        "offsets + revisions: applied once"
+    );
+}
+
+#[tokio::test]
+async fn a_late_older_revision_never_undoes_a_newer_one() {
+    // rev 2 arrives first (reordered, or rev 1 was dead-lettered and is redriven later).
+    let s = setup().await;
+    produce_revision(&s.stack, &s.topic, Uuid::now_v7(), 2, json!({"qty": 4})).await;
+    produce_revision(&s.stack, &s.topic, Uuid::now_v7(), 1, json!({"qty": 100})).await;
+    produce_revision(&s.stack, &s.topic, Uuid::now_v7(), 3, json!({"qty": 1})).await;
+    let running = start(&s, &unique("g"), Dedupe::EventId, Reserve::default());
+    let metrics = Arc::clone(&running.metrics);
+    running.until(|m| m.processed() + m.stale() == 3).await;
+    assert_eq!(metrics.stale(), 1, "rev 1 after rev 2 is stale");
+    assert_eq!(
+        reserved(&s.pool).await,
+        5,
+        "rev 2 and rev 3 applied, rev 1 skipped"
+    );
+    let remembered: i64 = sqlx::query_scalar(
+        "SELECT revision FROM aggregate_revisions WHERE aggregate_type = 'Order' AND aggregate_id = 'order-1'",
+    )
+    .fetch_one(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(remembered, 3);
+}
+
+#[tokio::test]
+async fn database_errors_about_the_data_dead_letter_the_event_others_are_retried() {
+    let s = setup().await;
+    produce_revision(
+        &s.stack,
+        &s.topic,
+        Uuid::now_v7(),
+        1,
+        json!({"qty": 1, "bad_data": true}),
+    )
+    .await;
+    produce_revision(&s.stack, &s.topic, Uuid::now_v7(), 2, json!({"qty": 2})).await;
+    let handler = Reserve {
+        fail_first: AtomicU32::new(2), // two real serialization failures first
+        ..Reserve::default()
+    };
+    let running = start(&s, &unique("g"), Dedupe::EventId, handler);
+    let metrics = Arc::clone(&running.metrics);
+    running
+        .until(|m| m.dead_lettered() == 1 && m.processed() == 1)
+        .await;
+    assert_eq!(metrics.retries(), 2, "40001 is retried");
+    assert_eq!(reserved(&s.pool).await, 2);
+    let dead = consume_all(
+        &s.stack,
+        &format!("{}.dlq", s.topic),
+        1,
+        WAIT,
+        Duration::ZERO,
+    )
+    .await;
+    let reason = header(&dead[0], "dlq-reason").unwrap();
+    assert!(
+        reason.contains("refused the event's data") && reason.contains("integer"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_partition_retrying_past_stuck_after_is_reported_until_it_moves() {
+    let s = setup().await;
+    produce_reserve(&s.stack, &s.topic, Uuid::now_v7(), 1).await;
+    let handler = Arc::new(Reserve {
+        fail_first: AtomicU32::new(u32::MAX),
+        ..Reserve::default()
+    });
+    let mut config = config(&s, &unique("g"));
+    config.stuck_after = Duration::from_millis(300);
+    config.backoff_max = Duration::from_millis(100);
+    let consumer = Consumer::new(s.pool.clone(), config, Arc::clone(&handler)).unwrap();
+    let metrics = consumer.metrics();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(consumer.run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let stuck = loop {
+        if let Some(stuck) = metrics.stuck() {
+            break stuck;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reported stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(stuck.topic, s.topic);
+    assert!(stuck.error.contains("simulated conflict"), "{stuck}");
+    assert!(
+        metrics
+            .render("g")
+            .contains("consumer_stuck{group=\"g\"} 1")
+    );
+
+    handler.fail_first.store(0, Ordering::SeqCst); // the database recovers
+    while metrics.processed() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metrics.stuck(), None, "no longer stuck once it moved");
+    assert!(
+        metrics
+            .render("g")
+            .contains("consumer_stuck{group=\"g\"} 0")
+    );
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_dead_letter_topic_is_an_error_at_start() {
+    let s = setup().await;
+    let lonely = create_topic(&s.stack, 1).await; // no .dlq beside it
+    let config = ConsumerConfig::new(&s.stack.kafka_bootstrap_servers, &unique("g"), &[&lonely]);
+    let consumer = Consumer::new(s.pool.clone(), config, Reserve::default()).unwrap();
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        consumer.run(CancellationToken::new()),
+    )
+    .await
+    .expect("fails fast, does not retry forever")
+    .unwrap_err();
+    assert!(err.to_string().contains(&format!("{lonely}.dlq")), "{err}");
+}
+
+#[tokio::test]
+async fn overrides_that_break_a_guarantee_are_refused_at_construction() {
+    let pool = sqlx::PgPool::connect_lazy("postgres://unused@127.0.0.1/unused").unwrap();
+    for (key, value) in [
+        ("enable.auto.offset.store", "true"),
+        ("isolation.level", "read_uncommitted"),
+        ("group.id", "other"),
+    ] {
+        let mut config = ConsumerConfig::new("127.0.0.1:9092", "g", &["t"]);
+        config.kafka_overrides = vec![(key.to_owned(), value.to_owned())];
+        let err = Consumer::new(pool.clone(), config, Reserve::default()).unwrap_err();
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+    let mut fine = ConsumerConfig::new("127.0.0.1:9092", "g", &["t"]);
+    fine.kafka_overrides = vec![("session.timeout.ms".to_owned(), "10000".to_owned())];
+    assert!(Consumer::new(pool, fine, Reserve::default()).is_ok());
 }
 
 #[tokio::test]
@@ -251,8 +452,9 @@ async fn redelivery_by_rewinding_the_group_is_applied_once_in_both_dedupe_modes(
 async fn transient_failures_are_retried_without_reordering_the_partition() {
     let s = setup().await;
     let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
-    for id in &ids {
-        produce_reserve(&s.stack, &s.topic, *id, 1).await; // same key: same partition, in order
+    for (revision, id) in (1..).zip(&ids) {
+        // same key: same partition, in order
+        produce_revision(&s.stack, &s.topic, *id, revision, json!({"qty": 1})).await;
     }
     let handler = Reserve {
         fail_first: AtomicU32::new(3),
@@ -475,5 +677,40 @@ async fn without_dedupe_a_rewound_group_applies_the_event_again_each_time() {
         reserved(&s.pool).await,
         21,
         "delivered three times, reserved three times"
+    );
+}
+
+#[tokio::test]
+async fn tables_of_the_services_choosing_hold_the_dedupe_and_revision_records() {
+    let s = setup().await;
+    let tables = eda_idempotent_consumer::ConsumerTables::prefixed("billing_").unwrap();
+    tables.migrate(&s.pool).await.unwrap();
+    let event_id = Uuid::now_v7();
+    for _ in 0..2 {
+        produce_reserve(&s.stack, &s.topic, event_id, 5).await;
+    }
+    start_with(&s, &unique("g"), Reserve::default(), |c| {
+        c.tables = tables.clone();
+    })
+    .until(|m| m.processed() == 1 && m.duplicates() == 1)
+    .await;
+    assert_eq!(reserved(&s.pool).await, 5);
+    let count = |table: &'static str| {
+        let pool = s.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(count("billing_processed_events").await, 1);
+    assert_eq!(count("billing_aggregate_revisions").await, 1);
+    assert_eq!(
+        count("processed_events").await,
+        0,
+        "the default table is untouched"
     );
 }

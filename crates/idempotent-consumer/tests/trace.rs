@@ -112,7 +112,7 @@ async fn consume_until(
     let seen = Arc::clone(&handler.seen);
     let mut config = ConsumerConfig::new(&stack.kafka_bootstrap_servers, group, &[topic]);
     config.propagation = handler.propagation;
-    let consumer = Consumer::new(pool.clone(), config, handler);
+    let consumer = Consumer::new(pool.clone(), config, handler).unwrap();
     let metrics = consumer.metrics();
     let stop = CancellationToken::new();
     let running = tokio::spawn(consumer.run(stop.clone()));

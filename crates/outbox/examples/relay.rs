@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         lock_retry_interval: Duration::from_millis(500),
         ..RelayConfig::default()
     };
-    let relay = Relay::new(pool, kafka, config);
+    let relay = Relay::new(pool, kafka, config)?;
     let metrics = relay.metrics();
 
     let shutdown = CancellationToken::new();

@@ -12,6 +12,10 @@ pub enum Error {
     /// An event field or header is empty, too long, or not part of the contract.
     #[error("invalid outbox event: {0}")]
     InvalidEvent(String),
+    /// A setting contradicts a guarantee (for example a producer override turning off
+    /// idempotence).
+    #[error("invalid outbox configuration: {0}")]
+    Config(String),
     /// The database refused a statement.
     #[error("outbox database error: {0}")]
     Database(#[from] sqlx::Error),

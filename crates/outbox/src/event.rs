@@ -4,7 +4,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::headers::{MAX_HEADER_VALUE_LEN, optional_column};
-use crate::{Error, Result};
+use crate::{Error, OutboxTable, Result};
 
 /// One event to publish, built by the service that made the change.
 ///
@@ -177,6 +177,11 @@ impl OutboxEvent {
 ///
 /// The event exists if and only if the transaction commits: that is the whole point. Nothing
 /// is sent here; the relay publishes after commit.
+pub async fn enqueue(conn: &mut PgConnection, event: &OutboxEvent) -> Result<()> {
+    enqueue_into(conn, &OutboxTable::default(), event).await
+}
+
+/// [`enqueue`] into the outbox table `table` (see [`OutboxTable`]).
 #[tracing::instrument(skip_all, fields(
     otel.name = %format_args!("enqueue {}", event.topic),
     messaging.message.id = %event.event_id,
@@ -184,11 +189,15 @@ impl OutboxEvent {
     event.type = %event.event_type,
     aggregate.id = %event.aggregate_id,
 ))]
-pub async fn enqueue(conn: &mut PgConnection, event: &OutboxEvent) -> Result<()> {
-    let mut query: QueryBuilder<Postgres> = QueryBuilder::new(
-        "INSERT INTO outbox (event_id, topic, aggregate_type, aggregate_id, event_type, revision, \
+pub async fn enqueue_into(
+    conn: &mut PgConnection,
+    table: &OutboxTable,
+    event: &OutboxEvent,
+) -> Result<()> {
+    let mut query: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "INSERT INTO {table} (event_id, topic, aggregate_type, aggregate_id, event_type, revision, \
          occurred_at, content_type, schema_version, payload",
-    );
+    ));
     for (column, _) in &event.optional_headers {
         query.push(", ").push(*column);
     }

@@ -25,24 +25,29 @@ mod event;
 pub mod headers;
 mod metrics;
 mod relay;
+mod table;
 
 pub use error::{Error, Result};
-pub use event::{OutboxEvent, enqueue};
+pub use event::{OutboxEvent, enqueue, enqueue_into};
 pub use metrics::RelayMetrics;
-pub use relay::{Expiry, PRODUCER_DEFAULTS, Relay, RelayConfig, delete_expired};
+pub use relay::{
+    Expiry, PRODUCER_DEFAULTS, PRODUCER_GUARANTEES, Relay, RelayConfig, delete_expired,
+    delete_expired_from, producer_config,
+};
+pub use table::{DEFAULT_TABLE, OutboxTable};
 
-/// The outbox schema, embedded at compile time.
-static EMBEDDED: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// Table in which the outbox's own migrations are recorded: separate from the service's
-/// `_sqlx_migrations`, so the two migrators never see each other's versions.
+/// Table in which the default outbox's own migrations are recorded: separate from the
+/// service's `_sqlx_migrations`, so the two migrators never see each other's versions.
 pub const MIGRATIONS_TABLE: &str = "_eda_outbox_migrations";
 
-/// Creates or upgrades the outbox table, its indexes and its notify trigger. Safe to call at
-/// every start, from every replica (migrations take a lock).
+/// Creates or upgrades the default `outbox` table, its indexes and its notify trigger. Safe to
+/// call at every start, from every replica (migrations take a lock). For another name:
+/// [`OutboxTable::migrate`].
 pub async fn migrate(pool: &sqlx::PgPool) -> Result<()> {
-    let mut migrator = sqlx::migrate::Migrator::with_migrations(EMBEDDED.iter().cloned().collect());
-    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator.run(pool).await?;
-    Ok(())
+    OutboxTable::default().migrate(pool).await
 }
+
+/// Compiles the README's example, so the copy-paste snippet cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

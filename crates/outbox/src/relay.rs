@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eda_context::{Propagation, sanitize, trace};
+use eda_context::{BaggagePolicy, Propagation, sanitize, trace};
 use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -16,7 +16,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::headers::CONTRACT_HEADERS;
 use crate::metrics::RelayMetrics;
-use crate::{Error, Result};
+use crate::{Error, OutboxTable, Result};
 
 /// How the relay behaves. [`Default`] suits a service; every field says why it exists.
 #[derive(Debug, Clone)]
@@ -43,6 +43,10 @@ pub struct RelayConfig {
     /// publish span, and the publish span's context replaces it in the Kafka headers. With
     /// [`Propagation::Off`] the publish span starts its own trace and headers pass unchanged.
     pub propagation: Propagation,
+    /// Which `baggage` entries of a row's trace context travel on (the others are dropped).
+    pub baggage: BaggagePolicy,
+    /// The outbox table this relay publishes (default `outbox`).
+    pub table: OutboxTable,
 }
 
 impl Default for RelayConfig {
@@ -58,24 +62,62 @@ impl Default for RelayConfig {
             // "eda_outb" in ASCII: any constant works as long as every relay of a database agrees.
             lock_key: 0x6564_615f_6f75_7462,
             propagation: Propagation::On,
+            baggage: BaggagePolicy::default(),
+            table: OutboxTable::default(),
         }
     }
 }
 
-/// Producer settings the relay's guarantees depend on; [`Relay::new`] sets those the caller did
-/// not. Compression is broker-level `lz4` unless the caller chose another codec.
-pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+/// Producer settings the relay's guarantees rest on. [`Relay::new`] sets them, and refuses a
+/// caller's setting that contradicts one (a typo'd override must not silently turn off
+/// idempotence or ordering). Each entry lists the values that keep the guarantee.
+pub const PRODUCER_GUARANTEES: &[(&str, &[&str])] = &[
     // No duplicates from the producer's own retries, and per-partition order kept across them.
-    ("enable.idempotence", "true"),
-    ("acks", "all"),
+    ("enable.idempotence", &["true"]),
+    ("acks", &["all", "-1"]),
     // A failed message fails every later message of its partition instead of leaving a gap:
     // what reaches Kafka is always a prefix of the outbox order.
-    ("enable.gapless.guarantee", "true"),
+    ("enable.gapless.guarantee", &["true"]),
+    // Java's partitioner (murmur2), as Kafka Connect (Debezium) and every Java producer use:
+    // a key lands on the same partition whichever relay publishes it. librdkafka's default
+    // (CRC32) would move 2 keys in 3 to another partition when a deployment switches relays.
+    ("partitioner", &["murmur2_random", "murmur2"]),
+];
+
+/// Producer settings [`Relay::new`] uses unless the caller chose others. Compression is
+/// broker-level `lz4`.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("compression.type", "lz4"),
     ("linger.ms", "5"),
     // How long one delivery may take before the batch counts as failed and is retried.
     ("message.timeout.ms", "30000"),
 ];
+
+/// Applies [`PRODUCER_GUARANTEES`] and [`PRODUCER_DEFAULTS`] to `kafka`: a guarantee the caller
+/// contradicts is an [`Error::Config`]; a default the caller set is kept.
+pub fn producer_config(mut kafka: ClientConfig) -> Result<ClientConfig> {
+    for (key, allowed) in PRODUCER_GUARANTEES {
+        match kafka.get(key) {
+            None => {
+                kafka.set(*key, allowed[0]);
+            }
+            Some(value) if allowed.iter().any(|a| a.eq_ignore_ascii_case(value.trim())) => {}
+            Some(value) => {
+                return Err(Error::Config(format!(
+                    "producer setting {key}={value:?} would break the relay's guarantees; \
+                     it must be {} (or left unset)",
+                    allowed.join(" or ")
+                )));
+            }
+        }
+    }
+    for (key, value) in PRODUCER_DEFAULTS {
+        if kafka.get(key).is_none() {
+            kafka.set(*key, *value);
+        }
+    }
+    Ok(kafka)
+}
 
 /// One outbox row, as the relay reads it.
 #[derive(Debug)]
@@ -108,6 +150,7 @@ pub struct Relay {
     config: RelayConfig,
     metrics: Arc<RelayMetrics>,
     select_sql: String,
+    mark_sql: String,
 }
 
 enum Round {
@@ -119,28 +162,31 @@ enum Round {
 
 impl Relay {
     /// A relay reading `pool`'s outbox table and producing with `kafka` (at least
-    /// `bootstrap.servers`; [`PRODUCER_DEFAULTS`] fill the rest).
-    pub fn new(pool: PgPool, mut kafka: ClientConfig, config: RelayConfig) -> Self {
-        for (key, value) in PRODUCER_DEFAULTS {
-            if kafka.get(key).is_none() {
-                kafka.set(*key, *value);
-            }
-        }
+    /// `bootstrap.servers`; see [`producer_config`] for the rest). Fails with
+    /// [`Error::Config`] when `kafka` contradicts one of [`PRODUCER_GUARANTEES`].
+    pub fn new(pool: PgPool, kafka: ClientConfig, config: RelayConfig) -> Result<Self> {
+        let kafka = producer_config(kafka)?;
         let columns: Vec<String> = CONTRACT_HEADERS
             .iter()
             .map(|(_, column, _)| format!("{column}::text"))
             .collect();
         let select_sql = format!(
-            "SELECT id, topic, aggregate_id AS key, payload, {} FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
-            columns.join(", ")
+            "SELECT id, topic, aggregate_id AS key, payload, {} FROM {} WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            columns.join(", "),
+            config.table,
         );
-        Self {
+        let mark_sql = format!(
+            "UPDATE {} SET published_at = now() WHERE id = ANY($1)",
+            config.table
+        );
+        Ok(Self {
             pool,
             kafka,
+            metrics: Arc::new(RelayMetrics::for_table(config.table.clone())),
             config,
-            metrics: Arc::new(RelayMetrics::default()),
             select_sql,
-        }
+            mark_sql,
+        })
     }
 
     /// Counters to expose on the service's `/metrics` (see [`RelayMetrics::render`]).
@@ -203,6 +249,12 @@ impl Relay {
         let mut next_cleanup = tokio::time::Instant::now();
 
         while !shutdown.is_cancelled() {
+            // Checked every round, not only when idle: under sustained load the relay is never
+            // idle, and published rows would pile up without end.
+            if tokio::time::Instant::now() >= next_cleanup {
+                self.cleanup(conn).await?;
+                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
+            }
             match self.publish_round(conn, &producer).await {
                 Ok(Round::Published) => {
                     backoff = self.config.backoff_initial;
@@ -221,11 +273,6 @@ impl Relay {
                     continue;
                 }
                 Err(other) => return Err(other),
-            }
-
-            if tokio::time::Instant::now() >= next_cleanup {
-                self.cleanup(conn).await?;
-                next_cleanup = tokio::time::Instant::now() + self.config.cleanup_interval;
             }
 
             tokio::select! {
@@ -274,7 +321,7 @@ impl Relay {
         if !self.config.propagation.is_on() {
             return (span, Vec::new());
         }
-        let parent = trace::extract(header);
+        let parent = trace::extract_with(header, &self.config.baggage);
         if !parent.span().span_context().is_valid() {
             // The writer had no trace: invent none (the row passes as written, like Debezium).
             return (span, Vec::new());
@@ -354,7 +401,7 @@ impl Relay {
         }
 
         if !delivered.is_empty() {
-            sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+            sqlx::query(sqlx::AssertSqlSafe(self.mark_sql.as_str()))
                 .bind(&delivered)
                 .execute(&mut *conn)
                 .await?;
@@ -369,7 +416,12 @@ impl Relay {
 
     /// Deletes published rows older than the retention.
     async fn cleanup(&self, conn: &mut PgConnection) -> Result<()> {
-        let deleted = delete_expired(conn, Expiry::PublishedBefore(self.config.retention)).await?;
+        let deleted = delete_expired_from(
+            conn,
+            &self.config.table,
+            Expiry::PublishedBefore(self.config.retention),
+        )
+        .await?;
         if deleted > 0 {
             tracing::debug!(deleted, "outbox clean-up");
         }
@@ -388,24 +440,29 @@ pub enum Expiry {
     CreatedBefore(Duration),
 }
 
-/// Deletes expired outbox rows in chunks of 10,000 (short locks, bounded WAL per statement) and
-/// returns how many went.
+/// Deletes expired rows of the default `outbox` table in chunks of 10,000 (short locks,
+/// bounded WAL per statement) and returns how many went.
 pub async fn delete_expired(conn: &mut PgConnection, expiry: Expiry) -> Result<u64> {
-    let (sql, age) = match expiry {
-        Expiry::PublishedBefore(age) => (
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-             WHERE published_at < now() - make_interval(secs => $1) LIMIT 10000)",
-            age,
-        ),
-        Expiry::CreatedBefore(age) => (
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-             WHERE created_at < now() - make_interval(secs => $1) LIMIT 10000)",
-            age,
-        ),
+    delete_expired_from(conn, &OutboxTable::default(), expiry).await
+}
+
+/// [`delete_expired`] for the outbox table `table`.
+pub async fn delete_expired_from(
+    conn: &mut PgConnection,
+    table: &OutboxTable,
+    expiry: Expiry,
+) -> Result<u64> {
+    let (column, age) = match expiry {
+        Expiry::PublishedBefore(age) => ("published_at", age),
+        Expiry::CreatedBefore(age) => ("created_at", age),
     };
+    let sql = format!(
+        "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} \
+         WHERE {column} < now() - make_interval(secs => $1) LIMIT 10000)"
+    );
     let mut total = 0;
     loop {
-        let deleted = sqlx::query(sql)
+        let deleted = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(age.as_secs_f64())
             .execute(&mut *conn)
             .await?
@@ -454,5 +511,57 @@ async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) -> bo
     tokio::select! {
         () = shutdown.cancelled() => true,
         () = tokio::time::sleep(duration) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in pairs {
+            c.set(*k, *v);
+        }
+        c
+    }
+
+    #[test]
+    fn guarantees_are_set_and_defaults_filled() {
+        let c = producer_config(with(&[("bootstrap.servers", "x:9092")])).unwrap();
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.gapless.guarantee"), Some("true"));
+        assert_eq!(c.get("partitioner"), Some("murmur2_random"));
+        assert_eq!(c.get("compression.type"), Some("lz4"));
+    }
+
+    #[test]
+    fn an_override_that_breaks_a_guarantee_is_refused() {
+        for (key, value) in [
+            ("enable.idempotence", "false"),
+            ("acks", "1"),
+            ("enable.gapless.guarantee", "false"),
+            ("partitioner", "consistent_random"),
+        ] {
+            let err = producer_config(with(&[(key, value)])).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains(key)),
+                "{key}={value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn compatible_overrides_and_chosen_defaults_are_kept() {
+        let c = producer_config(with(&[
+            ("acks", "-1"),
+            ("partitioner", "murmur2"),
+            ("compression.type", "zstd"),
+        ]))
+        .unwrap();
+        assert_eq!(c.get("acks"), Some("-1"));
+        assert_eq!(c.get("partitioner"), Some("murmur2"));
+        assert_eq!(c.get("compression.type"), Some("zstd"));
     }
 }

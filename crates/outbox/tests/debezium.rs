@@ -94,6 +94,21 @@ async fn debezium_and_the_in_process_relay_produce_identical_messages() {
         .with_header("claim-check-size", "8388608")
         .unwrap(),
     ];
+    // More keys, so that two partitioners agreeing by chance (1 in 3 per key) cannot pass.
+    let mut events = events;
+    for k in 3..=14 {
+        events.push(
+            OutboxEvent::json(
+                &debezium_topic,
+                "Order",
+                &format!("order-{k}"),
+                "OrderPlaced",
+                1,
+                &serde_json::json!({"k": k}),
+            )
+            .unwrap(),
+        );
+    }
     for e in &events {
         write(&pool, e).await;
     }
@@ -125,7 +140,8 @@ async fn debezium_and_the_in_process_relay_produce_identical_messages() {
             poll_interval: Duration::from_millis(200),
             ..RelayConfig::default()
         },
-    );
+    )
+    .expect("relay settings");
     let handle = tokio::spawn(relay.run(shutdown.clone()));
     let from_relay = consume_all(
         &stack,
@@ -156,6 +172,9 @@ async fn debezium_and_the_in_process_relay_produce_identical_messages() {
         let id = e.event_id().to_string();
         let (d, r) = (&debezium[&id], &relay[&id]);
         assert_eq!(d.key(), r.key(), "key of {id}");
+        // Kafka Connect's Java producer partitions by murmur2; the relay must agree, or a key
+        // changes partition (and loses its order) when a deployment switches relays.
+        assert_eq!(d.partition(), r.partition(), "partition of {id}");
         assert_eq!(d.key(), Some(e.key().as_bytes()));
         assert_eq!(d.payload(), r.payload(), "value of {id}");
         assert_eq!(

@@ -69,7 +69,7 @@ async fn kafka_stopped_during_a_burst_loses_nothing_and_keeps_order() {
     let mut kafka = kafka_config(&stack);
     // Fail fast while the broker is away, so the test exercises many retry rounds.
     kafka.set("message.timeout.ms", "3000");
-    let relay = Relay::new(pool.clone(), kafka, config);
+    let relay = Relay::new(pool.clone(), kafka, config).expect("relay settings");
     let metrics = relay.metrics();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(relay.run(shutdown.clone()));

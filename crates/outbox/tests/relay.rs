@@ -51,7 +51,7 @@ impl Running {
 
 fn spawn_relay(stack: &Stack, pool: &PgPool, config: RelayConfig) -> Running {
     let shutdown = CancellationToken::new();
-    let relay = Relay::new(pool.clone(), kafka_config(stack), config);
+    let relay = Relay::new(pool.clone(), kafka_config(stack), config).expect("relay settings");
     let metrics = relay.metrics();
     let handle = tokio::spawn(relay.run(shutdown.clone()));
     Running {
@@ -251,7 +251,8 @@ async fn metrics_report_backlog_and_publications() {
             .unwrap();
         tx.commit().await.unwrap();
     }
-    let relay = Relay::new(pool.clone(), kafka_config(&stack), fast_config());
+    let relay =
+        Relay::new(pool.clone(), kafka_config(&stack), fast_config()).expect("relay settings");
     let metrics = relay.metrics();
     let before = metrics.render(&pool).await.unwrap();
     assert!(before.contains("outbox_pending_rows 5"), "{before}");
@@ -306,4 +307,61 @@ async fn published_rows_are_cleaned_up_after_the_retention() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_table_of_the_services_choosing_is_migrated_filled_published_and_cleaned() {
+    let stack = Stack::from_env();
+    let db = TempDatabase::create(&stack).await;
+    let pool = db.pool().await;
+    let topic = create_topic(&stack, 3).await;
+    let table = eda_outbox::OutboxTable::new("billing_outbox").unwrap();
+    table.migrate(&pool).await.unwrap();
+    table.migrate(&pool).await.unwrap(); // idempotent
+
+    let e = event(&topic, "invoice-1", 1);
+    let mut tx = pool.begin().await.unwrap();
+    eda_outbox::enqueue_into(&mut tx, &table, &e).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = spawn_relay(
+        &stack,
+        &pool,
+        RelayConfig {
+            table: table.clone(),
+            retention: Duration::ZERO,
+            cleanup_interval: Duration::from_millis(100),
+            ..fast_config()
+        },
+    );
+    let messages = consume_all(&stack, &topic, 1, WAIT, Duration::from_millis(500)).await;
+    assert_eq!(
+        header(&messages[0], "event-id"),
+        Some(e.event_id().to_string())
+    );
+    // Published, then cleaned up (retention zero): the table empties.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rows left: {left}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(relay.metrics.published_total(), 1);
+    relay.stop().await;
+    let default_exists: bool = sqlx::query_scalar("SELECT to_regclass('outbox') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!default_exists, "nothing named outbox was created");
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM _eda_billing_outbox_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(recorded >= 1, "its migrations are recorded apart");
 }

@@ -47,7 +47,8 @@ async fn the_publish_span_continues_the_rows_trace_and_hands_itself_to_kafka() {
     tx.commit().await.unwrap();
 
     let stop = CancellationToken::new();
-    let relay = Relay::new(pool.clone(), kafka_config(&stack), RelayConfig::default());
+    let relay = Relay::new(pool.clone(), kafka_config(&stack), RelayConfig::default())
+        .expect("relay settings");
     let running = tokio::spawn(relay.run(stop.clone()));
     let messages = consume_all(&stack, &topic, 2, WAIT, Duration::ZERO).await;
     stop.cancel();
@@ -121,8 +122,11 @@ async fn the_publish_span_continues_the_rows_trace_and_hands_itself_to_kafka() {
         propagation: Propagation::Off,
         ..RelayConfig::default()
     };
-    let running =
-        tokio::spawn(Relay::new(pool.clone(), kafka_config(&stack), config).run(stop.clone()));
+    let running = tokio::spawn(
+        Relay::new(pool.clone(), kafka_config(&stack), config)
+            .expect("relay settings")
+            .run(stop.clone()),
+    );
     let messages = consume_all(&stack, &topic_off, 1, WAIT, Duration::ZERO).await;
     stop.cancel();
     running.await.unwrap();

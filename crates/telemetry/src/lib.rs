@@ -3,7 +3,9 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), eda_telemetry::Error> {
-//! let _telemetry = eda_telemetry::init(eda_telemetry::TelemetryConfig::from_env("order-service"))?;
+//! let config = eda_telemetry::TelemetryConfig::from_env("order-service")
+//!     .with_service_version(env!("CARGO_PKG_VERSION")); // the service's version, not this crate's
+//! let _telemetry = eda_telemetry::init(config)?;
 //! tracing::info!(port = 8080, "listening");
 //! // dropping the guard at the end of `main` exports the spans still buffered
 //! # Ok(()) }
@@ -95,6 +97,11 @@ pub enum LogFormat {
 pub struct TelemetryConfig {
     /// `service.name` on every exported span; this is what Jaeger's service list shows.
     pub service_name: String,
+    /// `service.version` on every exported span: set it with
+    /// [`with_service_version`](Self::with_service_version) from the *service's* crate
+    /// (`env!("CARGO_PKG_VERSION")` expands where it is written, so this crate cannot know it).
+    /// `None` leaves the attribute to `OTEL_RESOURCE_ATTRIBUTES`, or out.
+    pub service_version: Option<String>,
     /// Log filter used when `RUST_LOG` is unset.
     pub log_filter: String,
     /// Which spans are exported (`TRACE_FILTER`, same syntax, default `info`). Separate from
@@ -126,6 +133,13 @@ impl TelemetryConfig {
     /// Reads the standard variables (see the crate docs), falling back to `service_name`.
     pub fn from_env(service_name: &str) -> Self {
         Self::from_lookup(service_name, |key| env::var(key).ok())
+    }
+
+    /// Sets `service.version`; pass `env!("CARGO_PKG_VERSION")` from the service's own crate.
+    #[must_use]
+    pub fn with_service_version(mut self, version: impl Into<String>) -> Self {
+        self.service_version = Some(version.into());
+        self
     }
 
     /// Same as [`from_env`](Self::from_env), reading variables through `lookup`; for tests and
@@ -164,6 +178,7 @@ impl TelemetryConfig {
         let span_export_delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 1_000));
         Self {
             service_name,
+            service_version: None,
             log_filter: non_empty("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
             trace_filter: non_empty("TRACE_FILTER").unwrap_or_else(|| "info".to_owned()),
             log_format,
@@ -251,10 +266,11 @@ where
 
     let provider = if config.export_traces {
         let exporter = opentelemetry_otlp::SpanExporter::builder().build()?;
-        let resource = Resource::builder()
-            .with_service_name(config.service_name.clone())
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-            .build();
+        let mut resource = Resource::builder().with_service_name(config.service_name.clone());
+        if let Some(version) = &config.service_version {
+            resource = resource.with_attribute(KeyValue::new("service.version", version.clone()));
+        }
+        let resource = resource.build();
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(config.span_queue_size)
             .with_max_export_batch_size(config.span_batch_size)
@@ -351,6 +367,13 @@ mod tests {
             );
             assert!(err.to_string().contains("OTEL_BSP_MAX_QUEUE_SIZE"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_service_version_is_the_callers() {
+        assert_eq!(config(&[]).service_version, None);
+        let c = config(&[]).with_service_version("7.1.2");
+        assert_eq!(c.service_version.as_deref(), Some("7.1.2"));
     }
 
     #[test]

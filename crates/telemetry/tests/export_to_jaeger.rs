@@ -15,7 +15,8 @@ fn jaeger_query_url() -> String {
 #[test]
 fn spans_are_exported_to_jaeger_and_flushed_by_the_guard() {
     let service = format!("telemetry-test-{}", uuid::Uuid::new_v4().simple());
-    let mut config = eda_telemetry::TelemetryConfig::from_env(&service);
+    let mut config =
+        eda_telemetry::TelemetryConfig::from_env(&service).with_service_version("9.8.7-test");
     config.service_name = service.clone();
     config.export_traces = true;
     let guard = eda_telemetry::init(config).expect("telemetry initialises");
@@ -68,6 +69,12 @@ fn spans_are_exported_to_jaeger_and_flushed_by_the_guard() {
     );
     let process = &trace["processes"][root["processID"].as_str().unwrap()];
     assert_eq!(process["serviceName"], service.as_str());
+    assert!(
+        process["tags"].as_array().is_some_and(|tags| tags
+            .iter()
+            .any(|t| t["key"] == "service.version" && t["value"] == "9.8.7-test")),
+        "service.version is the one the caller gave: {process}"
+    );
     let tags = root["tags"].as_array().unwrap();
     assert!(
         tags.iter()

@@ -3,107 +3,46 @@
 //! The library gives tests the stack's settings ([`Stack`], read from the same environment
 //! variables `infra/stack.sh env` exports, defaulting to the native stack) and isolation:
 //! a fresh database per test ([`TempDatabase`]) and a fresh topic per test ([`create_topic`]), so
-//! tests run in parallel against one stack.
+//! tests run in parallel against one stack. What a shipped program needs too lives in
+//! non-test crates and is re-exported here: the stack administration in eda-stack-admin (its
+//! errors become panics here), the Jaeger query client in eda-jaeger-query ([`jaeger`]).
 //!
 //! `tests/stack/` proves, from Rust and with the libraries the services use, that each real
 //! component works as the project expects (logical WAL in PostgreSQL, no topic auto-creation in
 //! Kafka, the Debezium plugin in Connect, the claim-check bucket in MinIO), and checks
 //! `docker-compose.yml` statically against `infra/env.sh`, since no Docker engine runs here.
 
-pub mod jaeger;
 pub mod process;
 
-pub use jaeger::Jaeger;
+/// The Jaeger query client (eda-jaeger-query), under the name the tests have always used.
+pub use eda_jaeger_query as jaeger;
+pub use eda_jaeger_query::Jaeger;
+/// The stack's settings and unique names (eda-stack-admin): the same as `pitfall-lab` uses.
+pub use eda_stack_admin::{Stack, unique};
 pub use process::ServiceProcess;
 
-use std::env;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-/// Where the stack's components listen, read from the environment (see `infra/env.sh`).
-#[derive(Debug, Clone)]
-pub struct Stack {
-    /// A superuser connection to the `postgres` database, used to create per-test databases.
-    pub database_admin_url: String,
-    /// Kafka bootstrap servers.
-    pub kafka_bootstrap_servers: String,
-    /// Kafka Connect REST base URL.
-    pub kafka_connect_url: String,
-    /// S3 API of MinIO.
-    pub s3_endpoint: String,
-    /// Bucket created at start for claim-check payloads.
-    pub s3_bucket: String,
-    /// Region used for request signing (MinIO accepts any; the SDK requires one).
-    pub aws_region: String,
-    /// MinIO access key.
-    pub s3_access_key: String,
-    /// MinIO secret key.
-    pub s3_secret_key: String,
-    /// PostgreSQL port, as the native stack publishes it (Debezium's config needs host and port).
-    pub pg_port: u16,
-    /// PostgreSQL superuser name.
-    pub pg_user: String,
-    /// PostgreSQL superuser password.
-    pub pg_password: String,
-}
-
-fn var(name: &str, default: &str) -> String {
-    env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-impl Stack {
-    /// Reads the settings, defaulting to the native stack's ports and credentials.
-    ///
-    /// # Panics
-    /// When `PG_PORT` is set to something that is not a port number: a misconfigured run should
-    /// stop at once, not test the wrong server.
-    pub fn from_env() -> Self {
-        let pg_port = var("PG_PORT", "5432");
-        let pg_user = var("PG_USER", "eda");
-        let pg_password = var("PG_PASSWORD", "eda");
-        Self {
-            database_admin_url: var(
-                "DATABASE_ADMIN_URL",
-                &format!("postgres://{pg_user}:{pg_password}@127.0.0.1:{pg_port}/postgres"),
-            ),
-            kafka_bootstrap_servers: var("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-            kafka_connect_url: var("KAFKA_CONNECT_URL", "http://127.0.0.1:8083"),
-            s3_endpoint: var("S3_ENDPOINT", "http://127.0.0.1:9000"),
-            s3_bucket: var("S3_BUCKET", "eda-claim-checks"),
-            aws_region: var("AWS_REGION", "us-east-1"),
-            s3_access_key: var("MINIO_ROOT_USER", "minioadmin"),
-            s3_secret_key: var("MINIO_ROOT_PASSWORD", "minioadmin"),
-            pg_port: pg_port
-                .parse()
-                .unwrap_or_else(|_| panic!("PG_PORT={pg_port:?} is not a port number")),
-            pg_user,
-            pg_password,
-        }
+/// Stops the test with the error and its causes on one line (a panic shows only `Display`).
+fn fail(context: &str, error: &dyn std::error::Error) -> ! {
+    let mut text = format!("{context}: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
-
-    /// The admin URL with another database name, for a database a test created.
-    pub fn database_url(&self, database: &str) -> String {
-        match self.database_admin_url.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{database}"),
-            None => self.database_admin_url.clone(),
-        }
-    }
+    panic!("{text}")
 }
 
 /// A database created for one test and dropped (with `FORCE`) when the value is dropped.
 #[derive(Debug)]
 pub struct TempDatabase {
-    admin_url: String,
+    stack: Stack,
     /// The database's name.
     pub name: String,
     /// A connection URL for it.
@@ -116,17 +55,11 @@ impl TempDatabase {
     /// # Panics
     /// When PostgreSQL is unreachable: the message says how to start the stack.
     pub async fn create(stack: &Stack) -> Self {
-        let name = unique("test");
-        let mut admin = PgConnection::connect(&stack.database_admin_url)
+        let name = eda_stack_admin::create_database(stack, "test")
             .await
-            .expect("connect to PostgreSQL (is the stack up? `make infra-up`)");
-        // `name` comes from `unique`: [a-z0-9_] only.
-        sqlx::query(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
+            .unwrap_or_else(|e| fail("create test database", &e));
         Self {
-            admin_url: stack.database_admin_url.clone(),
+            stack: stack.clone(),
             url: stack.database_url(&name),
             name,
         }
@@ -147,7 +80,7 @@ impl TempDatabase {
 
 impl Drop for TempDatabase {
     fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        let (stack, name) = (self.stack.clone(), self.name.clone());
         // Drop may run inside or outside a runtime: a short-lived thread and runtime do the work.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -156,15 +89,7 @@ impl Drop for TempDatabase {
             else {
                 return;
             };
-            rt.block_on(async {
-                if let Ok(mut admin) = PgConnection::connect(&url).await {
-                    let _ = sqlx::query(AssertSqlSafe(format!(
-                        r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
-                    )))
-                    .execute(&mut admin)
-                    .await;
-                }
-            });
+            let _ = rt.block_on(eda_stack_admin::drop_database(&stack, &name));
         })
         .join();
     }
@@ -172,9 +97,7 @@ impl Drop for TempDatabase {
 
 /// A `ClientConfig` with the stack's bootstrap servers.
 pub fn kafka_config(stack: &Stack) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &stack.kafka_bootstrap_servers);
-    config
+    stack.kafka_config()
 }
 
 /// Creates a topic with a unique name (auto-creation is off on the broker) and returns the name.
@@ -192,18 +115,9 @@ pub async fn create_topic(stack: &Stack, partitions: i32) -> String {
 /// # Panics
 /// When the broker refuses or is unreachable.
 pub async fn create_topic_named(stack: &Stack, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        kafka_config(stack).create().expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
+    eda_stack_admin::create_topic(stack, topic, partitions)
         .await
-        .expect("create_topics request (is Kafka up? `make infra-up`)");
-    for result in results {
-        result.expect("topic created");
-    }
+        .unwrap_or_else(|e| fail("create topic", &e));
 }
 
 /// Reads `topic` from the beginning with a fresh consumer group until `expected` messages
@@ -256,7 +170,7 @@ pub async fn produce(
     payload: &[u8],
 ) {
     let producer: rdkafka::producer::FutureProducer =
-        kafka_config(stack).create().expect("producer");
+        stack.producer_config().create().expect("producer");
     let headers = headers
         .iter()
         .fold(rdkafka::message::OwnedHeaders::new(), |h, (key, value)| {
@@ -287,17 +201,11 @@ pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
         .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
 }
 
-const CONNECT_WAIT: Duration = Duration::from_secs(120);
-
 /// A Debezium outbox connector (the project's `infra/debezium/outbox-connector.json`) registered
 /// for one test database, with its own replication slot; `remove` deletes it and drops the slot
 /// (which must go before the database can be dropped).
 #[derive(Debug)]
-pub struct OutboxConnector {
-    url: String,
-    name: String,
-    slot: String,
-}
+pub struct OutboxConnector(eda_stack_admin::OutboxConnector);
 
 impl OutboxConnector {
     /// Registers the connector for `database` and waits until its task runs.
@@ -305,68 +213,10 @@ impl OutboxConnector {
     /// # Panics
     /// When Kafka Connect refuses it or it does not start within two minutes.
     pub async fn register(stack: &Stack, database: &str) -> Self {
-        let name = unique("outbox").replace('_', "-");
-        let slot = unique("slot");
-        let template =
-            std::fs::read_to_string(workspace_root().join("infra/debezium/outbox-connector.json"))
-                .unwrap();
-        let rendered = template
-            .replace("@CONNECTOR_NAME@", &name)
-            .replace("@DATABASE_HOST@", "127.0.0.1")
-            .replace("@PG_PORT@", &stack.pg_port.to_string())
-            .replace("@PG_USER@", &stack.pg_user)
-            .replace("@PG_PASSWORD@", &stack.pg_password)
-            .replace("@DATABASE_NAME@", database)
-            .replace("@SLOT_NAME@", &slot)
-            .replace("@SLOT_DROP_ON_STOP@", "true");
-        assert!(
-            !rendered.contains('@'),
-            "every placeholder of the connector template is filled"
-        );
-        let config: serde_json::Value = serde_json::from_str(&rendered).unwrap();
-        let url = format!("{}/connectors/{name}", stack.kafka_connect_url);
-        let response = reqwest::Client::new()
-            .put(format!("{url}/config"))
-            .json(&config["config"])
-            .send()
+        eda_stack_admin::OutboxConnector::register(stack, "test", database)
             .await
-            .expect("Kafka Connect REST");
-        assert!(
-            response.status().is_success(),
-            "register: {}",
-            response.text().await.unwrap()
-        );
-        let connector = Self { url, name, slot };
-        connector.wait_running().await;
-        connector
-    }
-
-    async fn wait_running(&self) {
-        let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
-        loop {
-            let status: serde_json::Value = reqwest::get(format!("{}/status", self.url))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap_or(serde_json::Value::Null);
-            let task = &status["tasks"][0];
-            if status["connector"]["state"] == "RUNNING" && task["state"] == "RUNNING" {
-                return;
-            }
-            assert!(
-                task["state"] != "FAILED",
-                "connector {} failed: {}",
-                self.name,
-                task["trace"]
-            );
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "connector {} not running: {status}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+            .map(Self)
+            .unwrap_or_else(|e| fail("register the outbox connector", &e))
     }
 
     /// Deletes the connector and drops its replication slot.
@@ -374,37 +224,10 @@ impl OutboxConnector {
     /// # Panics
     /// When the slot stays active for two minutes.
     pub async fn remove(self, pool: &sqlx::PgPool) {
-        reqwest::Client::new()
-            .delete(&self.url)
-            .send()
+        self.0
+            .remove(pool)
             .await
-            .unwrap();
-        // The slot must go before the database can be dropped.
-        let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
-        loop {
-            let active: Option<bool> =
-                sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
-                    .bind(&self.slot)
-                    .fetch_optional(pool)
-                    .await
-                    .unwrap();
-            match active {
-                None => return,
-                Some(false) => {
-                    let _ = sqlx::query("SELECT pg_drop_replication_slot($1)")
-                        .bind(&self.slot)
-                        .execute(pool)
-                        .await;
-                }
-                Some(true) => {}
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "slot {} still active",
-                self.slot
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+            .unwrap_or_else(|e| fail("remove the outbox connector", &e));
     }
 }
 
@@ -478,11 +301,6 @@ impl Server {
     }
 }
 
-/// A name no other test run uses: tests isolate themselves by database, topic, group and key.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
-}
-
 /// The workspace's root directory (where `docker-compose.yml` and `infra/` live).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -494,22 +312,6 @@ pub fn workspace_root() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_url_swaps_only_the_database_name() {
-        let stack = Stack {
-            database_admin_url: "postgres://u:p@h:1/postgres".into(),
-            ..Stack::from_env()
-        };
-        assert_eq!(stack.database_url("x_1"), "postgres://u:p@h:1/x_1");
-    }
-
-    #[test]
-    fn unique_names_differ_and_keep_the_prefix() {
-        let (a, b) = (unique("smoke"), unique("smoke"));
-        assert_ne!(a, b);
-        assert!(a.starts_with("smoke_"));
-    }
 
     #[test]
     fn workspace_root_holds_the_workspace_manifest() {

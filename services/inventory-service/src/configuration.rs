@@ -1,24 +1,18 @@
-//! Settings from environment variables, defaulting to the native stack (`infra/env.sh`).
+//! Settings from environment variables, defaulting to the native stack (`infra/env.sh`). What
+//! every service reads is in [`ServiceSettings`]; this file holds what is inventory-service's
+//! own.
 
-use std::net::IpAddr;
-
-use eda_context::Propagation;
-pub use eda_http::config::ConfigError;
-use eda_http::config::{parse, var};
+pub use eda_http::config::{ConfigError, DEV_JWT_SECRET, ServiceSettings};
+use eda_http::config::{ServiceDefaults, parse, var};
 use eda_idempotent_consumer::Dedupe;
-use std::time::Duration;
 
-/// Everything the service reads at start.
+/// Everything the service reads at start. `Debug` shows no secret.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `HTTP_HOST`, default `127.0.0.1`.
-    pub http_host: IpAddr,
-    /// `HTTP_PORT`, default 8081.
-    pub http_port: u16,
-    /// `DATABASE_URL`.
-    pub database_url: String,
-    /// `KAFKA_BOOTSTRAP_SERVERS`.
-    pub kafka_bootstrap_servers: String,
+    /// What every service reads: HTTP address (port default 8081), `DATABASE_URL` (default the
+    /// native stack's `inventory` database), Kafka, `JWT_SECRET`, `MAX_BODY_BYTES` (default
+    /// 16 KiB), shutdown timeout, `PROPAGATION`.
+    pub service: ServiceSettings,
     /// `ORDER_EVENTS_TOPIC` (consumed), default `order.events`.
     pub order_events_topic: String,
     /// `INVENTORY_EVENTS_TOPIC` (produced), default `inventory.events`.
@@ -28,40 +22,26 @@ pub struct Settings {
     /// `IDEMPOTENCY`: `on` (dedupe by event id, default), `offsets` (offsets in the database),
     /// or `off` (apply every delivery: pitfall 5).
     pub dedupe: Dedupe,
-    /// `JWT_SECRET`.
-    pub jwt_secret: String,
-    /// `MAX_BODY_BYTES`, default 16 KiB.
-    pub max_body_bytes: usize,
-    /// `SHUTDOWN_TIMEOUT_SECS`, default 20.
-    pub shutdown_timeout: Duration,
-    /// `PROPAGATION`: `on` (default) or `off` (pitfall 3: every hop starts a new trace).
-    pub propagation: Propagation,
 }
 
-pub use eda_http::config::DEV_JWT_SECRET;
+/// inventory-service's defaults for the settings every service has.
+pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
+    http_port: 8081,
+    database_url: "postgres://eda:eda@127.0.0.1:5432/inventory",
+    max_body_bytes: 16 * 1024,
+};
 
 impl Settings {
     /// Reads the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let dedupe = parse("IDEMPOTENCY", Dedupe::EventId)?;
-        let jwt_secret = eda_http::config::jwt_secret(DEV_JWT_SECRET)?;
         Ok(Self {
-            http_host: parse("HTTP_HOST", IpAddr::from([127, 0, 0, 1]))?,
-            http_port: parse("HTTP_PORT", 8081)?,
-            database_url: var("DATABASE_URL")
-                .unwrap_or_else(|| "postgres://eda:eda@127.0.0.1:5432/inventory".to_owned()),
-            kafka_bootstrap_servers: var("KAFKA_BOOTSTRAP_SERVERS")
-                .unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            service: ServiceSettings::from_env(DEFAULTS)?,
             order_events_topic: var("ORDER_EVENTS_TOPIC")
                 .unwrap_or_else(|| "order.events".to_owned()),
             inventory_events_topic: var("INVENTORY_EVENTS_TOPIC")
                 .unwrap_or_else(|| "inventory.events".to_owned()),
             consumer_group: var("CONSUMER_GROUP").unwrap_or_else(|| "inventory-service".to_owned()),
-            dedupe,
-            jwt_secret,
-            max_body_bytes: parse("MAX_BODY_BYTES", 16 * 1024)?,
-            shutdown_timeout: Duration::from_secs(parse("SHUTDOWN_TIMEOUT_SECS", 20)?),
-            propagation: parse("PROPAGATION", Propagation::On)?,
+            dedupe: parse("IDEMPOTENCY", Dedupe::EventId)?,
         })
     }
 }

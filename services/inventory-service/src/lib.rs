@@ -7,7 +7,9 @@
 //! `inventory.events`, key = order id. `IDEMPOTENCY=off` applies every delivery (pitfall 5).
 //!
 //! # Layout
-//! `configuration`, `startup`, `routes/` (stock over HTTP, health, metrics, OpenAPI),
+//! `configuration` (its own settings; the shared ones are `eda_http::config::ServiceSettings`),
+//! `state` (what handlers share), `startup` (on `eda_http::startup::ServiceBase`),
+//! `routes/` (stock over HTTP, health, metrics, OpenAPI),
 //! `domain/` (validated SKUs and quantities), `consumers/` (the order-event handler).
 
 pub mod configuration;
@@ -15,3 +17,4 @@ pub mod consumers;
 pub mod domain;
 pub mod routes;
 pub mod startup;
+pub mod state;

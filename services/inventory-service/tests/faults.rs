@@ -50,6 +50,8 @@ fn start(f: &Fixture) -> Child {
     Command::new(env!("CARGO_BIN_EXE_inventory-service"))
         .env("HTTP_PORT", "0")
         .env("DATABASE_URL", &f.db.url)
+        // Its own key: the development key needs EDA_DEV_MODE, which a test must not rely on.
+        .env("JWT_SECRET", "faults-test-secret-0123456789")
         .env("KAFKA_BOOTSTRAP_SERVERS", &f.stack.kafka_bootstrap_servers)
         .env("ORDER_EVENTS_TOPIC", &f.orders_topic)
         .env("INVENTORY_EVENTS_TOPIC", &f.inventory_topic)

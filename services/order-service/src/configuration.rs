@@ -1,13 +1,12 @@
 //! Settings from environment variables. Defaults match the native stack (`infra/env.sh`), so
-//! `cargo run -p order-service` works next to `make infra-up` with nothing set.
+//! `EDA_DEV_MODE=1 cargo run -p order-service` works next to `make infra-up`. What every service
+//! reads is in [`ServiceSettings`]; this file holds what is order-service's own.
 
-use std::net::IpAddr;
-
-use eda_context::Propagation;
-pub use eda_http::config::ConfigError;
-use eda_http::config::{parse, var};
-use eda_idempotent_consumer::Dedupe;
 use std::time::Duration;
+
+pub use eda_http::config::{ConfigError, DEV_JWT_SECRET, ServiceSettings};
+use eda_http::config::{ServiceDefaults, parse, var};
+use eda_idempotent_consumer::Dedupe;
 
 /// How an order change reaches Kafka.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,17 +26,13 @@ pub enum RelayMode {
     Debezium,
 }
 
-/// Everything the service reads at start.
+/// Everything the service reads at start. `Debug` shows no secret.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Address to bind (`HTTP_HOST`, default `127.0.0.1`; `0.0.0.0` in containers).
-    pub http_host: IpAddr,
-    /// Port (`HTTP_PORT`, default 8080; 0 picks a free one, for tests).
-    pub http_port: u16,
-    /// `DATABASE_URL`.
-    pub database_url: String,
-    /// `KAFKA_BOOTSTRAP_SERVERS`.
-    pub kafka_bootstrap_servers: String,
+    /// What every service reads: HTTP address (port default 8080), `DATABASE_URL` (default the
+    /// native stack's `orders` database), Kafka, `JWT_SECRET`, `MAX_BODY_BYTES` (default 64 KiB:
+    /// an order is small), shutdown timeout, `PROPAGATION`.
+    pub service: ServiceSettings,
     /// `ORDER_EVENTS_TOPIC`, default `order.events`.
     pub order_events_topic: String,
     /// `INVENTORY_EVENTS_TOPIC` (consumed: reservation outcomes), default `inventory.events`.
@@ -46,27 +41,23 @@ pub struct Settings {
     pub consumer_group: String,
     /// `IDEMPOTENCY`: `on` (default), `offsets`, or `off` (pitfall 5).
     pub dedupe: Dedupe,
-    /// `JWT_SECRET`: HS256 key for bearer tokens. Never logged.
-    pub jwt_secret: String,
     /// `PUBLISH_MODE`: `outbox` (default) or `direct`.
     pub publish_mode: PublishMode,
     /// `RELAY_MODE`: `inprocess` (default) or `debezium`.
     pub relay_mode: RelayMode,
-    /// `MAX_BODY_BYTES`, default 64 KiB: an order is small.
-    pub max_body_bytes: usize,
     /// `RELAY_POLL_INTERVAL_MS`, default 1000: fallback when no NOTIFY arrives.
     pub relay_poll_interval: Duration,
-    /// `SHUTDOWN_TIMEOUT_SECS`, default 20: bounded wait for in-flight work at shutdown.
-    pub shutdown_timeout: Duration,
-    /// `PROPAGATION`: `on` (default) carries request ids and trace context through HTTP, the
-    /// outbox and Kafka; `off` reproduces pitfall 3 (every hop starts a new trace).
-    pub propagation: Propagation,
     /// `OUTBOX_RETENTION_SECS`, default 3600: how long outbox rows are kept (after publication
     /// in-process; after insertion with Debezium, which must have streamed them by then).
     pub outbox_retention: Duration,
 }
 
-pub use eda_http::config::DEV_JWT_SECRET;
+/// order-service's defaults for the settings every service has.
+pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
+    http_port: 8080,
+    database_url: "postgres://eda:eda@127.0.0.1:5432/orders",
+    max_body_bytes: 64 * 1024,
+};
 
 impl Settings {
     /// Reads the environment.
@@ -89,29 +80,53 @@ impl Settings {
                 )));
             }
         };
-        let dedupe = parse("IDEMPOTENCY", Dedupe::EventId)?;
-        let jwt_secret = eda_http::config::jwt_secret(DEV_JWT_SECRET)?;
         Ok(Self {
-            http_host: parse("HTTP_HOST", IpAddr::from([127, 0, 0, 1]))?,
-            http_port: parse("HTTP_PORT", 8080)?,
-            database_url: var("DATABASE_URL")
-                .unwrap_or_else(|| "postgres://eda:eda@127.0.0.1:5432/orders".to_owned()),
-            kafka_bootstrap_servers: var("KAFKA_BOOTSTRAP_SERVERS")
-                .unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            service: ServiceSettings::from_env(DEFAULTS)?,
             order_events_topic: var("ORDER_EVENTS_TOPIC")
                 .unwrap_or_else(|| "order.events".to_owned()),
             inventory_events_topic: var("INVENTORY_EVENTS_TOPIC")
                 .unwrap_or_else(|| "inventory.events".to_owned()),
             consumer_group: var("CONSUMER_GROUP").unwrap_or_else(|| "order-service".to_owned()),
-            dedupe,
-            jwt_secret,
+            dedupe: parse("IDEMPOTENCY", Dedupe::EventId)?,
             publish_mode,
             relay_mode,
-            max_body_bytes: parse("MAX_BODY_BYTES", 64 * 1024)?,
             relay_poll_interval: Duration::from_millis(parse("RELAY_POLL_INTERVAL_MS", 1000)?),
-            shutdown_timeout: Duration::from_secs(parse("SHUTDOWN_TIMEOUT_SECS", 20)?),
             outbox_retention: Duration::from_secs(parse("OUTBOX_RETENTION_SECS", 3600)?),
-            propagation: parse("PROPAGATION", Propagation::On)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_neither_the_jwt_key_nor_the_database_password() {
+        let settings = Settings {
+            service: ServiceSettings {
+                http_host: [127, 0, 0, 1].into(),
+                http_port: DEFAULTS.http_port,
+                database_url: "postgres://eda:hunter2-password@db:5432/orders".into(),
+                kafka_bootstrap_servers: "kafka:9092".to_owned(),
+                jwt_secret: "jwt-key-that-must-stay-hidden".into(),
+                max_body_bytes: DEFAULTS.max_body_bytes,
+                shutdown_timeout: Duration::from_secs(20),
+                propagation: eda_context::Propagation::On,
+                baggage: Default::default(),
+                consumer_stuck_after: Duration::from_secs(60),
+            },
+            order_events_topic: "order.events".to_owned(),
+            inventory_events_topic: "inventory.events".to_owned(),
+            consumer_group: "order-service".to_owned(),
+            dedupe: Dedupe::EventId,
+            publish_mode: PublishMode::Outbox,
+            relay_mode: RelayMode::InProcess,
+            relay_poll_interval: Duration::from_secs(1),
+            outbox_retention: Duration::from_secs(3600),
+        };
+        let printed = format!("{settings:#?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("jwt-key"), "{printed}");
+        assert!(printed.contains("[REDACTED]"), "{printed}");
     }
 }

@@ -6,9 +6,12 @@
 //! produce" code on purpose, to demonstrate pitfall 1.
 //!
 //! # Layout
-//! - [`configuration`]: settings from environment variables.
-//! - [`startup`]: builds the application (pool, migrations, Kafka clients, relay, router) and
-//!   runs it until a shutdown signal.
+//! - [`configuration`]: settings from environment variables (the shared ones are
+//!   `eda_http::config::ServiceSettings`).
+//! - [`state`]: [`state::AppState`], what handlers share.
+//! - [`startup`]: builds the application (on `eda_http::startup::ServiceBase`: pool,
+//!   migrations, readiness, listener; then its relay, consumer and router) and runs it until a
+//!   shutdown signal.
 //! - [`routes`]: one module per resource, each exporting `router()`.
 //! - [`domain`]: validated types. Bearer tokens and problem+json errors come from `eda-http`
 //!   ([`auth`] re-exports its token functions for tools and tests).
@@ -21,6 +24,7 @@ pub mod domain;
 pub mod publisher;
 pub mod routes;
 pub mod startup;
+pub mod state;
 
 /// Bearer tokens (from `eda-http`), re-exported for `pitfall-lab token` and the tests.
 pub use eda_http::auth;

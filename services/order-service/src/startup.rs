@@ -1,80 +1,33 @@
-//! Builds the application and runs it until a shutdown signal.
+//! Builds the application and runs it until a shutdown signal. The steps every service shares
+//! (pool, migrations, readiness, listener, serving, staged stop) are [`ServiceBase`]'s; what is
+//! here is order-service's own: its publishers, relay and consumer.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use eda_context::Propagation;
-use eda_outbox::{Relay, RelayConfig, RelayMetrics};
-use rdkafka::ClientConfig;
-use rdkafka::producer::BaseProducer;
+use eda_http::JwtSecret;
+use eda_http::startup::ServiceBase;
+use eda_idempotent_consumer::Consumer;
+use eda_outbox::{Relay, RelayConfig};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::configuration::{DEV_JWT_SECRET, PublishMode, RelayMode, Settings};
+use crate::configuration::{PublishMode, RelayMode, Settings};
 use crate::consumers::InventoryOutcomes;
 use crate::publisher::DirectPublisher;
-use eda_idempotent_consumer::{Consumer, ConsumerConfig, ConsumerMetrics};
+use crate::state::AppState;
+
+pub use eda_http::shutdown_signal;
+pub use eda_http::startup::StartupError;
 
 /// The service's own schema (orders, items, idempotency keys). The outbox table comes from
 /// `eda_outbox::migrate`, recorded in its own migrations table.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/order-service");
 
-/// What handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    /// Database pool.
-    pub pool: PgPool,
-    /// HS256 key for bearer tokens.
-    pub jwt_secret: Arc<str>,
-    /// Topic of order events.
-    pub topic: Arc<str>,
-    /// `Some` in `PUBLISH_MODE=direct`.
-    pub direct: Option<DirectPublisher>,
-    /// `Some` when the in-process relay runs.
-    pub relay_metrics: Option<Arc<RelayMetrics>>,
-    /// Consumer counters (reservation outcomes).
-    pub consumer_metrics: Arc<ConsumerMetrics>,
-    /// Consumer group (metrics label).
-    pub consumer_group: Arc<str>,
-    /// A Kafka client for readiness checks.
-    pub kafka_probe: Arc<BaseProducer>,
-    /// `PROPAGATION`: whether context goes into events and comes out of requests.
-    pub propagation: Propagation,
-}
-
-impl axum::extract::FromRef<AppState> for eda_http::health::HealthDeps {
-    fn from_ref(state: &AppState) -> Self {
-        Self {
-            pool: state.pool.clone(),
-            kafka: Arc::clone(&state.kafka_probe),
-        }
-    }
-}
-
-impl axum::extract::FromRef<AppState> for eda_http::JwtSecret {
-    fn from_ref(state: &AppState) -> Self {
-        Self(Arc::clone(&state.jwt_secret))
-    }
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The JWT secret is deliberately left out.
-        f.debug_struct("AppState")
-            .field("topic", &self.topic)
-            .field("direct", &self.direct.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-pub use eda_http::startup::StartupError;
-
 /// A built, not yet running, order-service.
 #[derive(Debug)]
 pub struct Application {
-    listener: TcpListener,
+    base: ServiceBase,
     state: AppState,
     relay: Option<Relay>,
     consumer: Consumer<InventoryOutcomes>,
@@ -84,73 +37,55 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, creates the Kafka clients and binds the port.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        if settings.jwt_secret == DEV_JWT_SECRET {
-            tracing::warn!("JWT_SECRET is the development default; set your own outside a laptop");
-        }
-        let pool = eda_http::startup::connect_database(&settings.database_url).await?;
-        eda_outbox::migrate(&pool)
-            .await
-            .map_err(StartupError::migrations)?;
-        eda_idempotent_consumer::migrate(&pool)
-            .await
-            .map_err(StartupError::migrations)?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(StartupError::migrations)?;
-
-        let mut kafka = ClientConfig::new();
-        kafka.set("bootstrap.servers", &settings.kafka_bootstrap_servers);
-        let kafka_probe = Arc::new(kafka.create::<BaseProducer>()?);
+        let service = &settings.service;
+        let mut base = ServiceBase::build(service, async |pool| {
+            eda_outbox::migrate(pool).await?;
+            eda_idempotent_consumer::migrate(pool).await?;
+            MIGRATOR.run(pool).await?;
+            Ok(())
+        })
+        .await?;
 
         let direct = match settings.publish_mode {
-            PublishMode::Direct => Some(DirectPublisher::new(&settings.kafka_bootstrap_servers)?),
+            PublishMode::Direct => Some(DirectPublisher::new(&service.kafka_bootstrap_servers)?),
             PublishMode::Outbox => None,
         };
         // The relay runs in both publish modes: in direct mode only the HTTP handlers bypass the
         // outbox; the saga's events (OrderConfirmed/OrderRejected) still go through it.
-        let relay = (settings.relay_mode == RelayMode::InProcess).then(|| {
-            Relay::new(
-                pool.clone(),
-                kafka,
-                RelayConfig {
-                    poll_interval: settings.relay_poll_interval,
-                    retention: settings.outbox_retention,
-                    propagation: settings.propagation,
-                    ..RelayConfig::default()
-                },
+        let relay = match settings.relay_mode {
+            RelayMode::InProcess => Some(base.relay(RelayConfig {
+                poll_interval: settings.relay_poll_interval,
+                retention: settings.outbox_retention,
+                ..RelayConfig::default()
+            })?),
+            RelayMode::Debezium => None,
+        };
+        let handler = InventoryOutcomes {
+            order_topic: settings.order_events_topic.clone(),
+            propagation: service.propagation,
+        };
+        let consumer = base
+            .consumer(
+                &settings.consumer_group,
+                &[&settings.inventory_events_topic],
+                handler,
+                |c| c.dedupe = settings.dedupe,
             )
-        });
-        let mut consumer_config = ConsumerConfig::new(
-            &settings.kafka_bootstrap_servers,
-            &settings.consumer_group,
-            &[&settings.inventory_events_topic],
-        );
-        consumer_config.dedupe = settings.dedupe;
-        consumer_config.propagation = settings.propagation;
-        let consumer = Consumer::new(
-            pool.clone(),
-            consumer_config,
-            InventoryOutcomes {
-                order_topic: settings.order_events_topic.clone(),
-                propagation: settings.propagation,
-            },
-        );
+            .await?;
 
-        let listener = eda_http::startup::bind(settings.http_host, settings.http_port).await?;
         let state = AppState {
-            pool,
-            jwt_secret: settings.jwt_secret.as_str().into(),
+            pool: base.pool.clone(),
+            jwt_secret: JwtSecret::new(service.jwt_secret.clone()),
             topic: settings.order_events_topic.as_str().into(),
             direct,
             relay_metrics: relay.as_ref().map(Relay::metrics),
             consumer_metrics: consumer.metrics(),
             consumer_group: settings.consumer_group.as_str().into(),
-            kafka_probe,
-            propagation: settings.propagation,
+            readiness: base.readiness.clone(),
+            propagation: service.propagation,
         };
         Ok(Self {
-            listener,
+            base,
             state,
             relay,
             consumer,
@@ -160,10 +95,7 @@ impl Application {
 
     /// The bound port (useful with `HTTP_PORT=0`).
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.base.addr().port()
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish (at most
@@ -174,7 +106,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let Self {
-            listener,
+            mut base,
             state,
             relay,
             consumer,
@@ -182,37 +114,33 @@ impl Application {
         } = self;
         // The consumer stops first (its last transaction may enqueue events), then the relay
         // and the janitor, so what the consumer wrote is still published.
-        let mut workers = eda_http::Workers::new();
-        workers.spawn("consumer", |stop| consumer.run(stop));
-        workers.then();
+        base.workers.spawn("consumer", |stop| consumer.run(stop));
+        base.workers.then();
         if let Some(relay) = relay {
-            workers.spawn("outbox relay", |stop| relay.run(stop));
+            base.workers.spawn("outbox relay", |stop| relay.run(stop));
         }
         if settings.relay_mode == RelayMode::Debezium {
             let (pool, retention) = (state.pool.clone(), settings.outbox_retention);
-            workers.spawn("outbox janitor", |stop| {
+            base.workers.spawn("outbox janitor", |stop| {
                 debezium_mode_janitor(pool, retention, stop)
             });
         }
         tracing::info!(
-            addr = %listener.local_addr().map_err(StartupError::Serve)?,
+            addr = %base.addr(),
             publish_mode = ?settings.publish_mode,
             relay_mode = ?settings.relay_mode,
             topic = %settings.order_events_topic,
             "order-service listening"
         );
 
-        let app = crate::routes::router(state.clone(), settings.max_body_bytes);
-        let served = eda_http::serve(listener, app, shutdown, settings.shutdown_timeout).await;
-
-        let stopping = std::time::Instant::now();
-        workers.stop(settings.shutdown_timeout).await;
+        let app = crate::routes::router(state.clone(), &settings.service);
+        let stopped = base.serve(app, shutdown).await;
         if let Some(direct) = &state.direct {
-            direct.flush(settings.shutdown_timeout.saturating_sub(stopping.elapsed()));
+            direct.flush(stopped.time_left());
         }
-        eda_http::startup::close_database(&state.pool, Duration::from_secs(5)).await;
+        let closed = stopped.close().await;
         tracing::info!("order-service stopped");
-        served.map_err(StartupError::Serve)
+        closed
     }
 }
 
@@ -242,5 +170,3 @@ async fn debezium_mode_janitor(pool: PgPool, retention: Duration, stop: Cancella
         }
     }
 }
-
-pub use eda_http::shutdown_signal;

@@ -136,8 +136,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             jaeger,
         } => {
             match trace::show(&jaeger, request_id.as_deref(), trace_id.as_deref()).await {
-                #[allow(clippy::print_stdout)] // the trace is the program's output
-                Ok(text) => print!("{text}"),
+                // The trace is the program's output. A reader that closed the pipe early
+                // (`| head`) is not an error: stop quietly instead of panicking like print!.
+                Ok(text) => {
+                    use std::io::Write as _;
+                    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                }
                 Err(message) => {
                     #[allow(clippy::print_stderr)] // a plain message, not an error's Debug form
                     {

@@ -1,11 +1,9 @@
 //! `pitfall-lab trace`: one request's trace(s) from Jaeger's query API, printed as a tree, for
 //! terminals and for the native stack (whose Jaeger build serves no UI).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use eda_test_support::Jaeger;
-use eda_test_support::jaeger::{Span, Trace};
+use eda_jaeger_query::{Jaeger, Trace};
 
 /// Traces of `request_id` (every service's spans tagged with it), or the trace `trace_id`,
 /// rendered; a clear message when there is none.
@@ -16,10 +14,14 @@ pub async fn show(
 ) -> Result<String, String> {
     let jaeger = Jaeger::new(jaeger_url);
     let traces = match (request_id, trace_id) {
-        (_, Some(id)) => jaeger.trace(id).await?.into_iter().collect(),
-        (Some(id), None) => jaeger.traces_tagged("request_id", id).await?,
+        (_, Some(id)) => jaeger
+            .trace(id)
+            .await
+            .map(|found| found.into_iter().collect()),
+        (Some(id), None) => jaeger.traces_tagged("request_id", id).await,
         (None, None) => return Err("give --request-id or --trace-id".to_owned()),
-    };
+    }
+    .map_err(|e| error_chain(&e))?;
     if traces.is_empty() {
         return Err(format!(
             "Jaeger at {jaeger_url} has no trace for {} (spans reach it a few seconds after the request; with PROPAGATION=off only the first service's spans carry the request id)",
@@ -43,13 +45,7 @@ pub async fn show(
 /// service, the offset from the trace's start and the duration. Spans whose parent is not in
 /// the trace (the caller's span of another system) are shown as roots.
 pub fn render(trace: &Trace) -> String {
-    let start = trace.spans.iter().map(|s| s.start_us).min().unwrap_or(0);
-    let end = trace
-        .spans
-        .iter()
-        .map(|s| s.start_us + s.duration_us)
-        .max()
-        .unwrap_or(start);
+    let start = trace.start_us();
     let mut services = trace.services();
     services.retain(|s| !s.is_empty());
     let mut out = format!(
@@ -57,23 +53,10 @@ pub fn render(trace: &Trace) -> String {
         trace.id,
         trace.spans.len(),
         services.join(", "),
-        (end - start) as f64 / 1000.0
+        trace.duration_us() as f64 / 1000.0
     );
-    let ids: Vec<&str> = trace.spans.iter().map(|s| s.span_id.as_str()).collect();
-    let mut children: HashMap<Option<&str>, Vec<&Span>> = HashMap::new();
-    for span in &trace.spans {
-        let parent = span.parent.as_deref().filter(|p| ids.contains(p));
-        children.entry(parent).or_default().push(span);
-    }
-    for list in children.values_mut() {
-        list.sort_by_key(|s| (s.start_us, s.span_id.clone()));
-    }
     let width = services.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut stack: Vec<(&Span, usize)> = children
-        .get(&None)
-        .map(|roots| roots.iter().rev().map(|s| (*s, 0)).collect())
-        .unwrap_or_default();
-    while let Some((span, depth)) = stack.pop() {
+    for (depth, span) in trace.tree() {
         let _ = writeln!(
             out,
             "  {:>9.1} ms {:>9.1} ms  {:<width$}  {}{}",
@@ -83,15 +66,27 @@ pub fn render(trace: &Trace) -> String {
             "  ".repeat(depth),
             span.name,
         );
-        if let Some(kids) = children.get(&Some(span.span_id.as_str())) {
-            stack.extend(kids.iter().rev().map(|k| (*k, depth + 1)));
-        }
     }
     out
 }
 
+/// `error: cause: cause ...`: the whole story on one line for the terminal.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use eda_jaeger_query::Span;
+
     use super::*;
 
     fn span(id: &str, parent: Option<&str>, name: &str, service: &str, start: u64) -> Span {

@@ -1,6 +1,6 @@
 //! `order.events` → reservations. Each handler call runs inside the consumer runtime's
-//! transaction, so the stock change, the reservation row, the outgoing event (outbox) and the
-//! dedupe record commit together or not at all.
+//! transaction, so the stock change, the reservation row, the outgoing event (outbox), the
+//! dedupe record and the order's last applied revision commit together or not at all.
 
 use std::collections::BTreeMap;
 
@@ -17,8 +17,6 @@ use uuid::Uuid;
 pub struct OrderEvents {
     /// Where `Inventory*` events go.
     pub inventory_topic: String,
-    /// `IDEMPOTENCY=off`: apply every delivery, as naive code does (no reservation check).
-    pub naive: bool,
     /// Whether emitted events carry the incoming event's context (`PROPAGATION`).
     pub propagation: Propagation,
 }
@@ -79,18 +77,12 @@ impl OrderEvents {
     }
 
     async fn place(&self, event: &Event, tx: &mut PgConnection) -> Result<(), HandlerError> {
+        // No "already decided?" check here: the runtime hands this handler each order's
+        // events once and newest-last (dedupe by event id, plus the revision guard: a
+        // republished, redelivered or redriven OrderPlaced after a newer event of the order is
+        // skipped before it gets here). The handler does not know, or need to know, which
+        // dedupe mode runs.
         let order: OrderPlaced = event.json()?;
-        if !self.naive {
-            // Business-level idempotency too: one decision per order, whatever the event id.
-            let decided: Option<String> =
-                sqlx::query_scalar("SELECT status FROM reservations WHERE order_id = $1")
-                    .bind(order.order_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if decided.is_some() {
-                return Ok(());
-            }
-        }
         let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
         for line in &order.lines {
             if line.quantity <= 0 {

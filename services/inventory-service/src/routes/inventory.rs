@@ -7,7 +7,7 @@ use eda_http::{ApiError, AuthUser, JsonBody};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{parse_available, parse_sku};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The routes of this resource.
 pub fn router() -> Router<AppState> {

@@ -4,7 +4,7 @@ use axum::Router;
 use axum::http::header;
 use axum::routing::get;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The document, embedded at build time.
 pub const OPENAPI: &str = include_str!("../../openapi.json");

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use eda_http::config::ServiceSettings;
 use eda_idempotent_consumer::Dedupe;
 use eda_test_support::{Server, Stack, TempDatabase, create_topic, create_topic_named, unique};
 use reqwest::Response;
@@ -12,6 +13,22 @@ pub fn token(user: &str, roles: &[&str]) -> String {
     eda_http::issue_token(SECRET, user, &roles, Duration::from_secs(600)).unwrap()
 }
 
+/// The settings every service has, for a service on `db` with a free port and [`SECRET`].
+fn service_settings(db: &TempDatabase, stack: &Stack, max_body_bytes: usize) -> ServiceSettings {
+    ServiceSettings {
+        http_host: [127, 0, 0, 1].into(),
+        http_port: 0,
+        database_url: db.url.clone().into(),
+        kafka_bootstrap_servers: stack.kafka_bootstrap_servers.clone(),
+        jwt_secret: SECRET.into(),
+        max_body_bytes,
+        shutdown_timeout: Duration::from_secs(10),
+        propagation: eda_context::Propagation::On,
+        baggage: Default::default(),
+        consumer_stuck_after: std::time::Duration::from_secs(60),
+    }
+}
+
 /// A running service, and the database it owns.
 pub struct Running {
     pub address: String,
@@ -21,6 +38,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The service's own database (for tests that inspect or break it).
+    pub fn database_url(&self) -> &str {
+        &self._db.url
+    }
+
     pub async fn stop(self) {
         self.server.stop().await;
     }
@@ -41,21 +63,24 @@ pub async fn topics(stack: &Stack) -> Topics {
 }
 
 pub async fn spawn_inventory(stack: &Stack, topics: &Topics, dedupe: Dedupe) -> Running {
+    spawn_inventory_with(stack, topics, |s| s.dedupe = dedupe).await
+}
+
+/// inventory-service with the test defaults, changed by `tweak`.
+pub async fn spawn_inventory_with(
+    stack: &Stack,
+    topics: &Topics,
+    tweak: impl FnOnce(&mut inventory_service::configuration::Settings),
+) -> Running {
     let db = TempDatabase::create(stack).await;
-    let settings = inventory_service::configuration::Settings {
-        http_host: [127, 0, 0, 1].into(),
-        http_port: 0,
-        database_url: db.url.clone(),
-        kafka_bootstrap_servers: stack.kafka_bootstrap_servers.clone(),
+    let mut settings = inventory_service::configuration::Settings {
+        service: service_settings(&db, stack, 16 * 1024),
         order_events_topic: topics.orders.clone(),
         inventory_events_topic: topics.inventory.clone(),
         consumer_group: unique("inventory"),
-        dedupe,
-        jwt_secret: SECRET.to_owned(),
-        max_body_bytes: 16 * 1024,
-        shutdown_timeout: Duration::from_secs(10),
-        propagation: eda_context::Propagation::On,
+        dedupe: Dedupe::EventId,
     };
+    tweak(&mut settings);
     let app = inventory_service::startup::Application::build(settings)
         .await
         .expect("inventory-service builds");
@@ -71,22 +96,15 @@ pub async fn spawn_orders(stack: &Stack, topics: &Topics) -> Running {
     use order_service::configuration::{PublishMode, RelayMode, Settings};
     let db = TempDatabase::create(stack).await;
     let settings = Settings {
-        http_host: [127, 0, 0, 1].into(),
-        http_port: 0,
-        database_url: db.url.clone(),
-        kafka_bootstrap_servers: stack.kafka_bootstrap_servers.clone(),
+        service: service_settings(&db, stack, 64 * 1024),
         order_events_topic: topics.orders.clone(),
         inventory_events_topic: topics.inventory.clone(),
         consumer_group: unique("orders"),
         dedupe: Dedupe::EventId,
-        jwt_secret: SECRET.to_owned(),
         publish_mode: PublishMode::Outbox,
         relay_mode: RelayMode::InProcess,
-        max_body_bytes: 64 * 1024,
         relay_poll_interval: Duration::from_millis(200),
-        shutdown_timeout: Duration::from_secs(10),
         outbox_retention: Duration::from_secs(3600),
-        propagation: eda_context::Propagation::On,
     };
     let app = order_service::startup::Application::build(settings)
         .await

@@ -2,6 +2,8 @@
 //! running beside it (each test with its own databases and topics).
 
 mod helpers;
+mod liveness;
 mod redelivery;
 mod saga;
+mod stale;
 mod stock;

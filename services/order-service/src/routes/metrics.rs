@@ -1,12 +1,20 @@
-//! Prometheus text: the outbox relay's counters and backlog, and direct-mode losses.
+//! `/metrics`: the outbox relay's counters and backlog, the consumer's counters and
+//! direct-mode losses, in one `prometheus_client` registry (OpenMetrics text).
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use eda_idempotent_consumer::ConsumerCollector;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 use eda_http::ApiError;
 
 /// `/metrics`.
@@ -14,19 +22,42 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let mut body = match &state.relay_metrics {
-        Some(relay) => relay.render(&state.pool).await?,
-        None => String::new(),
-    };
-    body.push_str(&state.consumer_metrics.render(&state.consumer_group));
-    if let Some(direct) = &state.direct {
-        body.push_str("# HELP direct_publish_failures_total Events lost by PUBLISH_MODE=direct.\n");
-        body.push_str("# TYPE direct_publish_failures_total counter\n");
-        body.push_str(&format!(
-            "direct_publish_failures_total {}\n",
-            direct.failures()
-        ));
+/// Events `PUBLISH_MODE=direct` lost (its producer gave up after the commit).
+#[derive(Debug)]
+struct DirectFailures(u64);
+
+impl Collector for DirectFailures {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(self.0);
+        counter.encode(encoder.encode_descriptor(
+            "direct_publish_failures",
+            "Events lost by PUBLISH_MODE=direct.",
+            None,
+            counter.metric_type(),
+        )?)
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let mut registry = Registry::default();
+    if let Some(relay) = &state.relay_metrics {
+        relay.refresh_backlog(&state.pool).await?;
+        registry.register_collector(Box::new(Arc::clone(relay)));
+    }
+    registry.register_collector(Box::new(ConsumerCollector::new([(
+        state.consumer_group.to_string(),
+        Arc::clone(&state.consumer_metrics),
+    )])));
+    if let Some(direct) = &state.direct {
+        registry.register_collector(Box::new(DirectFailures(direct.failures())));
+    }
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &registry).map_err(ApiError::internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    ))
 }

@@ -6,14 +6,14 @@ pub mod orders;
 
 use axum::Router;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The whole API, with the health probes and the layers every service has
 /// ([`eda_http::service_router`]).
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, settings: &eda_http::config::ServiceSettings) -> Router {
     let api = Router::new()
         .merge(orders::router())
         .merge(metrics::router())
         .merge(openapi::router());
-    eda_http::service_router(api, state.propagation, max_body_bytes).with_state(state)
+    eda_http::service_router(api, settings).with_state(state)
 }

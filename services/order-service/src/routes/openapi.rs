@@ -5,7 +5,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The document, embedded at build time; a test checks it lists every route.
 pub const OPENAPI: &str = include_str!("../../openapi.json");

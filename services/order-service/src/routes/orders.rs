@@ -1,5 +1,7 @@
 //! `/orders`: place, read, list and cancel the caller's orders.
 
+use std::collections::HashMap;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +17,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::domain::{Customer, NewOrder, NewOrderRequest, OrderLine, OrderStatus};
-use crate::startup::AppState;
+use crate::state::AppState;
 use eda_http::{ApiError, AuthUser, JsonBody};
 
 /// The routes of this resource.
@@ -290,25 +292,45 @@ async fn find_by_idempotency_key(
 
 /// Reads one of `user`'s orders.
 async fn load(state: &AppState, user: &AuthUser, id: Uuid) -> Result<Option<OrderView>, ApiError> {
-    let Some(row) = sqlx::query(
+    let row = sqlx::query(
         "SELECT id, status, revision, customer_name, customer_email, currency, total_cents, created_at, updated_at \
          FROM orders WHERE id = $1 AND user_id = $2",
     )
     .bind(id)
     .bind(&user.user_id)
     .fetch_optional(&state.pool)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let lines = sqlx::query_as::<_, (String, i32, i64)>("SELECT sku, quantity, unit_price_cents FROM order_items WHERE order_id = $1 ORDER BY line_no")
-        .bind(id)
-        .fetch_all(&state.pool)
-        .await?
-        .into_iter()
-        .map(|(sku, quantity, unit_price_cents)| OrderLine { sku, quantity, unit_price_cents })
-        .collect();
-    Ok(Some(view_from_row(&row, lines)?))
+    .await?;
+    Ok(with_lines(state, row.into_iter().collect()).await?.pop())
+}
+
+/// Turns order rows into views, reading the lines of all of them in one query (a page of
+/// orders costs two queries, not one per order).
+async fn with_lines(
+    state: &AppState,
+    rows: Vec<sqlx::postgres::PgRow>,
+) -> Result<Vec<OrderView>, ApiError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.get("id")).collect();
+    let mut lines: HashMap<Uuid, Vec<OrderLine>> = HashMap::with_capacity(ids.len());
+    let items = sqlx::query_as::<_, (Uuid, String, i32, i64)>(
+        "SELECT order_id, sku, quantity, unit_price_cents FROM order_items \
+         WHERE order_id = ANY($1) ORDER BY order_id, line_no",
+    )
+    .bind(&ids)
+    .fetch_all(&state.pool)
+    .await?;
+    for (order_id, sku, quantity, unit_price_cents) in items {
+        lines.entry(order_id).or_default().push(OrderLine {
+            sku,
+            quantity,
+            unit_price_cents,
+        });
+    }
+    rows.iter()
+        .map(|row| view_from_row(row, lines.remove(&row.get("id")).unwrap_or_default()))
+        .collect()
 }
 
 fn view_from_row(
@@ -385,21 +407,18 @@ async fn list_orders(
         })
         .transpose()?;
     // Keyset paging on the UUIDv7 id (time-ordered): stable under concurrent inserts.
-    let ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM orders WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+    let mut rows = sqlx::query(
+        "SELECT id, status, revision, customer_name, customer_email, currency, total_cents, created_at, updated_at \
+         FROM orders WHERE user_id = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
     )
     .bind(&user.user_id)
     .bind(cursor)
     .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
-    let has_more = ids.len() as i64 > limit;
-    let mut items = Vec::with_capacity(ids.len());
-    for id in ids.into_iter().take(limit as usize) {
-        if let Some(view) = load(&state, &user, id).await? {
-            items.push(view);
-        }
-    }
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let items = with_lines(&state, rows).await?;
     let next_cursor = if has_more {
         items.last().map(|o| o.id.to_string())
     } else {

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use eda_test_support::{Server, Stack, TempDatabase, create_topic};
-use order_service::configuration::{PublishMode, RelayMode, Settings};
+use order_service::configuration::{PublishMode, RelayMode, ServiceSettings, Settings};
 use order_service::startup::Application;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -32,22 +32,26 @@ pub async fn spawn_app_configured(publish_mode: PublishMode, relay_mode: RelayMo
     let inventory_topic = create_topic(&stack, 6).await;
     eda_test_support::create_topic_named(&stack, &format!("{inventory_topic}.dlq"), 1).await;
     let settings = Settings {
-        http_host: [127, 0, 0, 1].into(),
-        http_port: 0,
-        database_url: db.url.clone(),
-        kafka_bootstrap_servers: stack.kafka_bootstrap_servers.clone(),
+        service: ServiceSettings {
+            http_host: [127, 0, 0, 1].into(),
+            http_port: 0,
+            database_url: db.url.clone().into(),
+            kafka_bootstrap_servers: stack.kafka_bootstrap_servers.clone(),
+            jwt_secret: SECRET.into(),
+            max_body_bytes: 64 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            propagation: eda_context::Propagation::On,
+            baggage: Default::default(),
+            consumer_stuck_after: std::time::Duration::from_secs(60),
+        },
         order_events_topic: topic.clone(),
         inventory_events_topic: inventory_topic.clone(),
         consumer_group: eda_test_support::unique("order-service"),
         dedupe: eda_idempotent_consumer::Dedupe::EventId,
-        jwt_secret: SECRET.to_owned(),
         publish_mode,
         relay_mode,
-        max_body_bytes: 64 * 1024,
         relay_poll_interval: Duration::from_millis(200),
-        shutdown_timeout: Duration::from_secs(10),
         outbox_retention: Duration::from_secs(3600),
-        propagation: eda_context::Propagation::On,
     };
     let app = Application::build(settings).await.expect("the app builds");
     let server = Server::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown));

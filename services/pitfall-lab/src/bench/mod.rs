@@ -1,0 +1,121 @@
+//! Benchmarks behind `make bench`. Each creates its own database and topics on the running
+//! stack, prints one result block, and cleans up. Numbers depend on the machine: quote them
+//! with its size (the project's reference machine has 2 cores).
+//!
+//! # Layout
+//! One file per benchmark (`drain`, `latency`, `http`, `memory`, `consumer`, `propagation`);
+//! `common` holds what several share (scratch resources, the outbox backlog, reporting,
+//! telemetry), `counted` the consumer workload that `consumer` and `propagation` both run.
+
+mod common;
+mod consumer;
+mod counted;
+mod drain;
+mod http;
+mod latency;
+mod memory;
+mod propagation;
+
+use clap::Subcommand;
+use eda_stack_admin::Stack;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What to measure.
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// Drain a backlog of N outbox rows to Kafka: in-process relay, then Debezium, same data.
+    Drain {
+        /// Rows in the backlog.
+        #[arg(long, default_value_t = 100_000)]
+        rows: i64,
+        /// Size of each event's JSON payload.
+        #[arg(long, default_value_t = 256)]
+        payload_bytes: usize,
+    },
+    /// Commit-to-consumer latency of the in-process relay at a steady rate.
+    Latency {
+        /// Events per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Duration of the run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// POST /orders throughput and latency, outbox mode vs direct mode. By default without any
+    /// tracing subscriber; `--export true` adds telemetry as the services run it (spans exported
+    /// to Jaeger, logs at warn), with `--propagation on|off`, one process per setting.
+    Http {
+        /// Duration of each mode's run.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// `on` or `off` (`PROPAGATION` of the service).
+        #[arg(long, default_value = "on")]
+        propagation: eda_context::Propagation,
+        /// Export spans over OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`, Jaeger in the stack).
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        export: bool,
+    },
+    /// Peak RSS of a relay process draining a large backlog.
+    Memory {
+        /// Rows in the backlog.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: i64,
+    },
+    /// Consumer throughput on the same events: dedupe by event id, offsets in the database, none.
+    Consumer {
+        /// Events in the topic.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+    },
+    /// Per-event cost of context propagation in a consumer that emits (extract, spans, inject,
+    /// export): `--propagation on` vs `off`, each in its own process since telemetry is set up
+    /// once per process. `--export false` runs without any tracing subscriber (the floor).
+    Propagation {
+        /// Events in the topic.
+        #[arg(long, default_value_t = 50_000)]
+        events: usize,
+        /// `on` or `off` (`PROPAGATION` of the services).
+        #[arg(long, default_value = "on")]
+        propagation: eda_context::Propagation,
+        /// Export spans over OTLP (`OTEL_EXPORTER_OTLP_ENDPOINT`, Jaeger in the stack).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        export: bool,
+    },
+    /// (internal) A relay process for the memory benchmark.
+    #[command(hide = true)]
+    RelayProcess {
+        /// Database to drain.
+        #[arg(long)]
+        database_url: String,
+    },
+}
+
+/// Runs one benchmark against the stack the environment names (`infra/stack.sh env`).
+pub async fn run(what: Bench) -> Result<(), BoxError> {
+    let stack = Stack::try_from_env()?;
+    match what {
+        Bench::Drain {
+            rows,
+            payload_bytes,
+        } => drain::run(&stack, rows, payload_bytes).await,
+        Bench::Latency { rate, seconds } => latency::run(&stack, rate, seconds).await,
+        Bench::Http {
+            seconds,
+            concurrency,
+            propagation,
+            export,
+        } => http::run(&stack, seconds, concurrency, propagation, export).await,
+        Bench::Memory { rows } => memory::run(&stack, rows).await,
+        Bench::Consumer { events } => consumer::run(&stack, events).await,
+        Bench::Propagation {
+            events,
+            propagation,
+            export,
+        } => propagation::run(&stack, events, propagation, export).await,
+        Bench::RelayProcess { database_url } => memory::relay_process(&stack, &database_url).await,
+    }
+}
