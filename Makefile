@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 .PHONY: help up down status urls deps infra-install infra-up infra-down infra-status infra-logs \
         infra-topics services-up services-down build fmt lint test bench token trace redrive debezium-register \
-        debezium-delete clean-run
+        debezium-delete clean-run copy-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,6 +55,9 @@ fmt: ## format the code
 
 lint: ## clippy with warnings as errors
 	cargo clippy --workspace --all-targets -- -D warnings
+
+copy-check: deps ## prove crates/outbox and crates/idempotent-consumer build, unit-test and doc-test copied into a fresh project
+	@infra/copy-check.sh
 
 test: ## fmt check + clippy + all tests against the real stack (started and stopped if not running)
 	@infra/test.sh

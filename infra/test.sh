@@ -43,11 +43,18 @@ step "cargo clippy --workspace --all-targets -- -D warnings"
 clippy_rc=0
 cargo clippy --workspace --all-targets -- -D warnings || clippy_rc=$?
 
+# Still while the stack starts: the crates people copy must build outside the workspace
+# (own target dir under $EDA_CACHE_DIR; a few seconds when warm, minutes cold).
+step "copy-check (crates copied into a fresh project)"
+copy_rc=0
+infra/copy-check.sh || copy_rc=$?
+
 stack_rc=0
 wait "$stack_pid" || stack_rc=$?
 cat "$stack_log" >&2
 [ "$stack_rc" -eq 0 ] || die "the stack did not come up (see above; infra/stack.sh logs)"
 [ "$clippy_rc" -eq 0 ] || die "clippy found problems (see above)"
+[ "$copy_rc" -eq 0 ] || die "a crate does not copy out (see copy-check above; make copy-check)"
 infra/stack.sh status
 
 step "cargo test --workspace"
