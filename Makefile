@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 .PHONY: help up down status urls deps infra-install infra-up infra-down infra-status infra-logs \
         infra-topics services-up services-down build fmt lint test bench token trace redrive debezium-register \
-        debezium-delete clean-run copy-check
+        debezium-delete clean-run copy-check outbox-parked outbox-release
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,7 +56,7 @@ fmt: ## format the code
 lint: ## clippy with warnings as errors
 	cargo clippy --workspace --all-targets -- -D warnings
 
-copy-check: deps ## prove crates/outbox and crates/idempotent-consumer build, unit-test and doc-test copied into a fresh project
+copy-check: deps ## prove crates/outbox, idempotent-consumer and claim-check build, unit-test and doc-test copied into a fresh project
 	@infra/copy-check.sh
 
 test: ## fmt check + clippy + all tests against the real stack (started and stopped if not running)
@@ -73,6 +73,12 @@ trace: ## print a request's trace from Jaeger as a tree: make trace REQ=<x-reque
 
 redrive: ## send dead letters back after a fix: make redrive TOPIC=order.events
 	@cargo run -q -p pitfall-lab -- dlq redrive --topic "$(or $(TOPIC),order.events)"
+
+outbox-parked: ## list outbox rows Kafka refused for good (too large): make outbox-parked [DB=inventory]
+	@cargo run -q -p pitfall-lab -- outbox parked --database-url "postgres://$${PG_USER:-eda}:$${PG_PASSWORD:-eda}@127.0.0.1:$${PG_PORT:-5432}/$(or $(DB),orders)"
+
+outbox-release: ## send a parked outbox row again once its cause is fixed: make outbox-release ID=42 [DB=inventory]
+	@cargo run -q -p pitfall-lab -- outbox release --id "$(ID)" --database-url "postgres://$${PG_USER:-eda}:$${PG_PASSWORD:-eda}@127.0.0.1:$${PG_PORT:-5432}/$(or $(DB),orders)"
 
 debezium-register: ## register the Debezium outbox connector for the orders database (then RELAY_MODE=debezium)
 	@infra/debezium/register.sh orders

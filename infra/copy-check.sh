@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make copy-check`: proves that the reusable crates copy out of this workspace. For each crate
-# (default: crates/outbox and crates/idempotent-consumer) it builds a fresh Cargo project outside
-# the workspace, the way a user would: the crate and the crates/ it needs by path, every
-# `workspace = true` written out from the root Cargo.toml, no test-support. Then `cargo build`,
+# (default: crates/outbox, crates/idempotent-consumer and crates/claim-check) it builds a fresh
+# Cargo project outside the workspace, the way a user would: the crate and the crates/ it needs
+# by path, every `workspace = true` written out from the root Cargo.toml, no test-support. Then
+# `cargo build`,
 # `cargo test --lib` (unit tests; the integration tests in tests/ need the real stack and
 # eda-test-support, which do not copy out) and `cargo test --doc` (doc comments and the README,
 # where the crate includes it as doctests).
@@ -43,7 +44,7 @@ target_dir=${COPY_CHECK_TARGET_DIR:-$EDA_CACHE_DIR/copy-check-target}
 mkdir -p "$target_dir"
 
 crates=("$@")
-[ ${#crates[@]} -gt 0 ] || crates=(crates/outbox crates/idempotent-consumer)
+[ ${#crates[@]} -gt 0 ] || crates=(crates/outbox crates/idempotent-consumer crates/claim-check)
 
 # copy_out CRATE_DIR OUT_DIR: writes the fresh project; prints the package name on stdout and
 # what it changed on stderr. The TOML is rewritten line by line (tomllib reads, nothing in the

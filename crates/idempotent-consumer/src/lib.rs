@@ -18,6 +18,7 @@
 mod event;
 mod metrics;
 mod redrive;
+mod resolve;
 pub mod revision;
 mod runtime;
 mod tables;
@@ -27,6 +28,7 @@ pub use eda_context::{EventContext, Propagation};
 pub use event::{DecodeError, Event};
 pub use metrics::{ConsumerCollector, ConsumerMetrics, Stuck};
 pub use redrive::{RedriveReport, redrive};
+pub use resolve::{CLAIM_CHECK_HEADER, PayloadResolver, Resolved};
 pub use revision::{RevisionCheck, check_revision, expect_one_row};
 pub use runtime::{CONSUMER_GUARANTEES, Consumer, ConsumerConfig, Dedupe, Handler};
 pub use tables::{ConsumerTables, MIGRATIONS_TABLE};

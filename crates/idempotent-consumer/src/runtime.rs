@@ -21,6 +21,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::event::Event;
 use crate::metrics::ConsumerMetrics;
+use crate::resolve::{CLAIM_CHECK_HEADER, PayloadResolver};
 use crate::{ConsumerTables, Error, HandlerError};
 
 /// How the runtime recognises an event it already applied.
@@ -250,6 +251,7 @@ pub struct Consumer<H> {
     handler: H,
     metrics: Arc<ConsumerMetrics>,
     sql: Statements,
+    resolver: Option<Arc<dyn PayloadResolver>>,
 }
 
 impl<H> std::fmt::Debug for Consumer<H> {
@@ -286,7 +288,16 @@ impl<H: Handler> Consumer<H> {
             config,
             handler,
             metrics: Arc::new(ConsumerMetrics::default()),
+            resolver: None,
         })
+    }
+
+    /// Resolves records whose payload is stored elsewhere (a claim check, see
+    /// [`PayloadResolver`]) before the handler sees them. Without one, such a record is
+    /// dead-lettered: a handler must never mistake a reference for the payload.
+    pub fn with_resolver(mut self, resolver: Arc<dyn PayloadResolver>) -> Self {
+        self.resolver = Some(resolver);
+        self
     }
 
     /// Counters for `/metrics`.
@@ -559,7 +570,7 @@ impl<H: Handler> Consumer<H> {
         dlq: &FutureProducer,
         shutdown: &CancellationToken,
     ) -> (Outcome, &'static str) {
-        let event = match Event::decode_with(message, context) {
+        let mut event = match Event::decode_with(message, context) {
             Ok(event) => event,
             Err(reason) => {
                 return (
@@ -576,8 +587,21 @@ impl<H: Handler> Consumer<H> {
         span.record("event.type", event.event_type.as_str());
         let mut backoff = self.config.backoff_initial;
         let first_failure = std::time::Instant::now();
+        let mut unresolved = event.header(CLAIM_CHECK_HEADER).is_some();
         let result = loop {
-            match self.apply(&event).await {
+            let attempt = if unresolved {
+                match self.resolve(&event).await {
+                    Ok(payload) => {
+                        event.payload = payload;
+                        unresolved = false;
+                        self.apply(&event).await
+                    }
+                    Err(err) => Err(err),
+                }
+            } else {
+                self.apply(&event).await
+            };
+            match attempt {
                 Ok(Applied::Yes) => {
                     self.metrics.processed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(event.id = %event.event_id, event.type = %event.event_type, "event applied");
@@ -640,6 +664,16 @@ impl<H: Handler> Consumer<H> {
             error = %err,
             "partition stuck: one event has failed transiently for longer than stuck_after; retrying"
         );
+    }
+
+    /// The payload a claim-checked record refers to, from the resolver.
+    async fn resolve(&self, event: &Event) -> Result<Vec<u8>, HandlerError> {
+        let Some(resolver) = &self.resolver else {
+            return Err(HandlerError::Permanent(format!(
+                "the record's payload is claim-checked ({CLAIM_CHECK_HEADER}) but this consumer has no payload resolver"
+            )));
+        };
+        resolver.resolve(event).await
     }
 
     /// One attempt: dedupe record + revision guard + handler (+ offset row) in one transaction.

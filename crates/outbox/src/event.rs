@@ -144,6 +144,18 @@ impl OutboxEvent {
         &self.payload
     }
 
+    /// The same event with another value, everything else kept: what a claim check does when
+    /// it replaces a large payload by a small reference to where it is stored.
+    pub fn with_payload(mut self, payload: String) -> Self {
+        self.payload = payload;
+        self
+    }
+
+    /// The aggregate type (header `aggregate-type`).
+    pub fn aggregate_type(&self) -> &str {
+        &self.aggregate_type
+    }
+
     /// The message headers, in the order the relay writes them: what a consumer will see.
     /// (For code that must publish without the outbox, such as a naive baseline.)
     pub fn headers(&self) -> Vec<(&'static str, String)> {

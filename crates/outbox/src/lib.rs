@@ -31,8 +31,8 @@ pub use error::{Error, Result};
 pub use event::{OutboxEvent, enqueue, enqueue_into};
 pub use metrics::RelayMetrics;
 pub use relay::{
-    Expiry, PRODUCER_DEFAULTS, PRODUCER_GUARANTEES, Relay, RelayConfig, delete_expired,
-    delete_expired_from, producer_config,
+    Expiry, PRODUCER_DEFAULTS, PRODUCER_GUARANTEES, ParkedRow, Relay, RelayConfig, delete_expired,
+    delete_expired_from, parked, producer_config, release,
 };
 pub use table::{DEFAULT_TABLE, OutboxTable};
 

@@ -16,6 +16,8 @@ use crate::OutboxTable;
 pub struct RelayMetrics {
     published: AtomicU64,
     errors: AtomicU64,
+    parked_total: AtomicU64,
+    parked_now: AtomicU64,
     leader: AtomicBool,
     pending: AtomicU64,
     /// Age of the oldest pending row in milliseconds, at the last refresh.
@@ -35,6 +37,9 @@ impl RelayMetrics {
     pub(crate) fn add_published(&self, n: u64) {
         self.published.fetch_add(n, Ordering::Relaxed);
     }
+    pub(crate) fn add_parked(&self, n: u64) {
+        self.parked_total.fetch_add(n, Ordering::Relaxed);
+    }
     pub(crate) fn add_errors(&self, n: u64) {
         self.errors.fetch_add(n, Ordering::Relaxed);
     }
@@ -50,6 +55,11 @@ impl RelayMetrics {
     /// Failed deliveries (each is retried) since start.
     pub fn publish_errors_total(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Rows this process parked (Kafka refused them for good) since it started.
+    pub fn parked_total(&self) -> u64 {
+        self.parked_total.load(Ordering::Relaxed)
     }
 
     /// Whether this process's relay currently holds the leadership lock.
@@ -72,6 +82,15 @@ impl RelayMetrics {
             .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
         let oldest_ms = (oldest_age.unwrap_or(0.0).max(0.0) * 1000.0) as u64;
         self.oldest_pending_ms.store(oldest_ms, Ordering::Relaxed);
+        let parked_sql = format!(
+            "SELECT count(*) FROM {} WHERE parked_at IS NOT NULL AND published_at IS NULL",
+            self.table
+        );
+        let parked: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(parked_sql))
+            .fetch_one(pool)
+            .await?;
+        self.parked_now
+            .store(u64::try_from(parked).unwrap_or(0), Ordering::Relaxed);
         Ok(())
     }
 
@@ -101,6 +120,11 @@ impl Collector for RelayMetrics {
                 self.oldest_pending_ms.load(Ordering::Relaxed) as f64 / 1000.0,
             ),
             (
+                "outbox_parked_rows",
+                "Rows Kafka refused for good (too large, invalid), waiting to be released.",
+                self.parked_now.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "outbox_relay_leader",
                 "1 when this process's relay holds the leadership lock.",
                 f64::from(u8::from(self.is_leader())),
@@ -116,6 +140,11 @@ impl Collector for RelayMetrics {
                 "outbox_published",
                 "Events published by this process.",
                 self.published_total(),
+            ),
+            (
+                "outbox_parked",
+                "Rows this process parked.",
+                self.parked_total.load(Ordering::Relaxed),
             ),
             (
                 "outbox_publish_errors",

@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,6 +152,7 @@ pub struct Relay {
     metrics: Arc<RelayMetrics>,
     select_sql: String,
     mark_sql: String,
+    park_sql: String,
 }
 
 enum Round {
@@ -170,10 +172,20 @@ impl Relay {
             .iter()
             .map(|(_, column, _)| format!("{column}::text"))
             .collect();
+        // Parked rows are skipped, and so is every later row of a parked row's key on its
+        // topic: they wait behind it, in order, until it is released.
         let select_sql = format!(
-            "SELECT id, topic, aggregate_id AS key, payload, {} FROM {} WHERE published_at IS NULL ORDER BY id LIMIT $1",
-            columns.join(", "),
-            config.table,
+            "SELECT id, topic, aggregate_id AS key, payload, {columns} FROM {table} o \
+             WHERE published_at IS NULL AND parked_at IS NULL AND NOT EXISTS (\
+               SELECT 1 FROM {table} p WHERE p.parked_at IS NOT NULL AND p.published_at IS NULL \
+               AND p.topic = o.topic AND p.aggregate_id = o.aggregate_id AND p.id < o.id) \
+             ORDER BY id LIMIT $1",
+            columns = columns.join(", "),
+            table = config.table,
+        );
+        let park_sql = format!(
+            "UPDATE {} SET parked_at = now(), parked_reason = $2 WHERE id = $1",
+            config.table
         );
         let mark_sql = format!(
             "UPDATE {} SET published_at = now() WHERE id = ANY($1)",
@@ -186,6 +198,7 @@ impl Relay {
             config,
             select_sql,
             mark_sql,
+            park_sql,
         })
     }
 
@@ -370,13 +383,25 @@ impl Relay {
         }
 
         let mut deliveries = Vec::with_capacity(rows.len());
+        // Keys whose row was refused for good in this batch: their later rows are not sent (they
+        // stay pending, and wait behind the parked row from the next round on).
+        let mut blocked: HashSet<(&str, &str)> = HashSet::new();
         for row in &rows {
+            if blocked.contains(&(row.topic.as_str(), row.key.as_str())) {
+                continue;
+            }
             let (span, trace_headers) = self.publish_span(row);
-            deliveries.push((enqueue_record(producer, row, &trace_headers).await, span));
+            let delivery = enqueue_record(producer, row, &trace_headers).await;
+            if let Err(err) = &delivery
+                && refused_for_good(err)
+            {
+                blocked.insert((row.topic.as_str(), row.key.as_str()));
+            }
+            deliveries.push((row, delivery, span));
         }
         let mut delivered = Vec::with_capacity(rows.len());
         let mut first_error = None;
-        for (row, (delivery, span)) in rows.iter().zip(deliveries) {
+        for (row, delivery, span) in deliveries {
             let outcome = match delivery {
                 Ok(future) => match future.await {
                     Ok(Ok(delivery)) => Ok(delivery),
@@ -390,6 +415,11 @@ impl Relay {
                     span.record("messaging.destination.partition.id", delivery.partition);
                     span.record("messaging.kafka.offset", delivery.offset);
                     delivered.push(row.id);
+                }
+                Err(err) if refused_for_good(&err) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", tracing::field::display(&err));
+                    self.park(conn, row, &err).await?;
                 }
                 Err(err) => {
                     span.record("otel.status_code", "ERROR");
@@ -412,6 +442,31 @@ impl Relay {
             Some(err) => Err(Error::Kafka(err)),
             None => Ok(Round::Published),
         }
+    }
+
+    /// Parks a row Kafka refused for good: kept, unpublished, with the reason; its key waits.
+    async fn park(
+        &self,
+        conn: &mut PgConnection,
+        row: &PendingRow,
+        err: &KafkaError,
+    ) -> Result<()> {
+        let reason = format!("{err} ({} bytes)", row.payload.len());
+        sqlx::query(sqlx::AssertSqlSafe(self.park_sql.as_str()))
+            .bind(row.id)
+            .bind(&reason)
+            .execute(&mut *conn)
+            .await?;
+        self.metrics.add_parked(1);
+        tracing::error!(
+            outbox.id = row.id,
+            topic = %row.topic,
+            key = sanitize::printable(&row.key, 256),
+            reason = %reason,
+            "outbox row refused by Kafka for good: parked; later rows of its key wait behind it \
+             (list and release them with `pitfall-lab outbox parked`)"
+        );
+        Ok(())
     }
 
     /// Deletes published rows older than the retention.
@@ -504,6 +559,76 @@ async fn enqueue_record(
             Err((err, _)) => return Err(err),
         }
     }
+}
+
+/// Whether Kafka will refuse this record however often it is sent (too large, invalid), as
+/// opposed to an outage or a timeout, which a retry fixes.
+fn refused_for_good(err: &KafkaError) -> bool {
+    matches!(
+        err,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+        )
+    )
+}
+
+/// A row parked by the relay.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ParkedRow {
+    /// The row's id.
+    pub id: i64,
+    /// Its event id.
+    pub event_id: uuid::Uuid,
+    /// Destination topic.
+    pub topic: String,
+    /// Its key: later rows of this key on this topic wait behind it.
+    pub aggregate_id: String,
+    /// Its event type.
+    pub event_type: String,
+    /// Payload size in bytes.
+    pub size: i32,
+    /// When it was parked.
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+    /// Why Kafka refused it.
+    pub parked_reason: Option<String>,
+}
+
+/// The rows parked in `table`, oldest first.
+pub async fn parked(conn: &mut PgConnection, table: &OutboxTable) -> Result<Vec<ParkedRow>> {
+    let sql = format!(
+        "SELECT id, event_id, topic, aggregate_id, event_type, octet_length(payload) AS size, \
+         parked_at, parked_reason FROM {table} \
+         WHERE parked_at IS NOT NULL AND published_at IS NULL ORDER BY id"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?)
+}
+
+/// Releases the parked row `id` (after the cause is fixed: limits raised, payload offloaded):
+/// the relay sends it again, then the rows of its key that waited. Returns whether a parked row
+/// had that id.
+pub async fn release(conn: &mut PgConnection, table: &OutboxTable, id: i64) -> Result<bool> {
+    let sql = format!(
+        "UPDATE {table} SET parked_at = NULL, parked_reason = NULL \
+         WHERE id = $1 AND parked_at IS NOT NULL AND published_at IS NULL"
+    );
+    let released = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if released > 0 {
+        // Wake the relay now rather than at its next poll.
+        sqlx::query("SELECT pg_notify('eda_outbox', '')")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(released > 0)
 }
 
 /// Sleeps, or returns `true` early when shutdown is requested.

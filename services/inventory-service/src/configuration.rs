@@ -22,6 +22,9 @@ pub struct Settings {
     /// `IDEMPOTENCY`: `on` (dedupe by event id, default), `offsets` (offsets in the database),
     /// or `off` (apply every delivery: pitfall 5).
     pub dedupe: Dedupe,
+    /// Where claim-checked payloads (large `OrderPlaced` events) are fetched from and what is
+    /// accepted (`S3_*`, `CLAIM_CHECK_*`; see `eda_claim_check::Settings`).
+    pub claim_check: eda_claim_check::Settings,
 }
 
 /// inventory-service's defaults for the settings every service has.
@@ -42,6 +45,7 @@ impl Settings {
                 .unwrap_or_else(|| "inventory.events".to_owned()),
             consumer_group: var("CONSUMER_GROUP").unwrap_or_else(|| "inventory-service".to_owned()),
             dedupe: parse("IDEMPOTENCY", Dedupe::EventId)?,
+            claim_check: eda_claim_check::Settings::from_env().map_err(ConfigError)?,
         })
     }
 }

@@ -53,7 +53,9 @@ impl Application {
                 handler,
                 |c| c.dedupe = settings.dedupe,
             )
-            .await?;
+            .await?
+            // Large OrderPlaced events arrive as claim checks: the handler sees them whole.
+            .with_resolver(std::sync::Arc::new(settings.claim_check.claim_check()));
 
         let state = AppState {
             pool: base.pool.clone(),

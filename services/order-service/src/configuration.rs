@@ -50,6 +50,12 @@ pub struct Settings {
     /// `OUTBOX_RETENTION_SECS`, default 3600: how long outbox rows are kept (after publication
     /// in-process; after insertion with Debezium, which must have streamed them by then).
     pub outbox_retention: Duration,
+    /// `CLAIM_CHECK` (`on`/`off`), the S3 store and the threshold: large `OrderPlaced` events
+    /// are offloaded (pitfall 4's fix); see `eda_claim_check::Settings`.
+    pub claim_check: eda_claim_check::Settings,
+    /// `MAX_ORDER_BODY_BYTES`, default 16 MiB: the body limit of `POST /orders` only, where a
+    /// bulk order of up to 100,000 lines must fit; every other route keeps `MAX_BODY_BYTES`.
+    pub max_order_body_bytes: usize,
 }
 
 /// order-service's defaults for the settings every service has.
@@ -92,6 +98,8 @@ impl Settings {
             relay_mode,
             relay_poll_interval: Duration::from_millis(parse("RELAY_POLL_INTERVAL_MS", 1000)?),
             outbox_retention: Duration::from_secs(parse("OUTBOX_RETENTION_SECS", 3600)?),
+            claim_check: eda_claim_check::Settings::from_env().map_err(ConfigError)?,
+            max_order_body_bytes: parse("MAX_ORDER_BODY_BYTES", 16 * 1024 * 1024)?,
         })
     }
 }
@@ -123,6 +131,8 @@ mod tests {
             relay_mode: RelayMode::InProcess,
             relay_poll_interval: Duration::from_secs(1),
             outbox_retention: Duration::from_secs(3600),
+            claim_check: eda_claim_check::Settings::from_env().unwrap(),
+            max_order_body_bytes: 16 * 1024 * 1024,
         };
         let printed = format!("{settings:#?}");
         assert!(!printed.contains("hunter2"), "{printed}");

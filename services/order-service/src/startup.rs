@@ -71,7 +71,8 @@ impl Application {
                 handler,
                 |c| c.dedupe = settings.dedupe,
             )
-            .await?;
+            .await?
+            .with_resolver(std::sync::Arc::new(settings.claim_check.claim_check()));
 
         let state = AppState {
             pool: base.pool.clone(),
@@ -83,6 +84,10 @@ impl Application {
             consumer_group: settings.consumer_group.as_str().into(),
             readiness: base.readiness.clone(),
             propagation: service.propagation,
+            claim_check: settings
+                .claim_check
+                .offload
+                .then(|| settings.claim_check.claim_check()),
         };
         Ok(Self {
             base,
@@ -133,7 +138,11 @@ impl Application {
             "order-service listening"
         );
 
-        let app = crate::routes::router(state.clone(), &settings.service);
+        let app = crate::routes::router(
+            state.clone(),
+            &settings.service,
+            settings.max_order_body_bytes,
+        );
         let stopped = base.serve(app, shutdown).await;
         if let Some(direct) = &state.direct {
             direct.flush(stopped.time_left());

@@ -3,10 +3,13 @@
 //! - `pitfall-lab token --user alice` prints a development bearer token for curl.
 //! - `pitfall-lab dlq redrive --topic order.events` sends dead letters back once fixed.
 //! - `pitfall-lab trace --request-id <id>` prints a request's trace from Jaeger as a tree.
+//! - `pitfall-lab outbox parked` lists outbox rows Kafka refused for good; `outbox release
+//!   --id N` sends one again once its cause is fixed.
 //! - `pitfall-lab bench <what>` runs a benchmark against the running stack and prints numbers
 //!   (`make bench` runs them all). Benchmarks report; they never pass or fail on speed.
 
 mod bench;
+mod outbox;
 mod trace;
 
 use std::time::Duration;
@@ -62,6 +65,11 @@ enum Command {
         )]
         jaeger: String,
     },
+    /// Outbox rows the relay parked (Kafka refused them for good).
+    Outbox {
+        #[command(subcommand)]
+        what: outbox::Outbox,
+    },
     /// Benchmarks against the running stack (`make infra-up`).
     Bench {
         #[command(subcommand)]
@@ -91,8 +99,23 @@ enum Dlq {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    match Cli::parse().command {
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse().command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // In words, not the Debug dump `main` would print (the crates' errors carry their
+            // causes in their messages).
+            #[allow(clippy::print_stderr)] // the program's own error line
+            {
+                eprintln!("pitfall-lab: {err}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    match command {
         Command::Token {
             user,
             roles,
@@ -142,14 +165,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                     use std::io::Write as _;
                     let _ = std::io::stdout().lock().write_all(text.as_bytes());
                 }
-                Err(message) => {
-                    #[allow(clippy::print_stderr)] // a plain message, not an error's Debug form
-                    {
-                        eprintln!("pitfall-lab trace: {message}");
-                    }
-                    std::process::exit(1);
-                }
+                Err(message) => return Err(format!("trace: {message}").into()),
             }
+        }
+        Command::Outbox { what } => {
+            let text = outbox::run(what).await?;
+            use std::io::Write as _;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
         }
         Command::Bench { what } => bench::run(what).await?,
     }

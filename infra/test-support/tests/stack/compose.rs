@@ -211,6 +211,7 @@ fn app_services_get_the_native_variable_names() {
         ("PUBLISH_MODE", "outbox"),
         ("IDEMPOTENCY", "on"),
         ("PROPAGATION", "on"),
+        ("CLAIM_CHECK", "on"),
     ] {
         assert_eq!(shared[name], format!("${{{name}:-{fixed}}}"), "{name}");
     }

@@ -79,6 +79,7 @@ pub async fn spawn_inventory_with(
         inventory_events_topic: topics.inventory.clone(),
         consumer_group: unique("inventory"),
         dedupe: Dedupe::EventId,
+        claim_check: eda_claim_check::Settings::from_env().expect("claim-check settings"),
     };
     tweak(&mut settings);
     let app = inventory_service::startup::Application::build(settings)
@@ -93,9 +94,18 @@ pub async fn spawn_inventory_with(
 }
 
 pub async fn spawn_orders(stack: &Stack, topics: &Topics) -> Running {
+    spawn_orders_with(stack, topics, |_| {}).await
+}
+
+/// order-service with the test defaults, changed by `tweak`.
+pub async fn spawn_orders_with(
+    stack: &Stack,
+    topics: &Topics,
+    tweak: impl FnOnce(&mut order_service::configuration::Settings),
+) -> Running {
     use order_service::configuration::{PublishMode, RelayMode, Settings};
     let db = TempDatabase::create(stack).await;
-    let settings = Settings {
+    let mut settings = Settings {
         service: service_settings(&db, stack, 64 * 1024),
         order_events_topic: topics.orders.clone(),
         inventory_events_topic: topics.inventory.clone(),
@@ -105,7 +115,10 @@ pub async fn spawn_orders(stack: &Stack, topics: &Topics) -> Running {
         relay_mode: RelayMode::InProcess,
         relay_poll_interval: Duration::from_millis(200),
         outbox_retention: Duration::from_secs(3600),
+        claim_check: eda_claim_check::Settings::from_env().expect("claim-check settings"),
+        max_order_body_bytes: 16 * 1024 * 1024,
     };
+    tweak(&mut settings);
     let app = order_service::startup::Application::build(settings)
         .await
         .expect("order-service builds");

@@ -1,7 +1,8 @@
 use serde::{Deserialize, Serialize};
 
-/// Upper bounds that keep one order (and its event) small: an order is not a bulk import.
-pub const MAX_LINES: usize = 100;
+/// Most lines in one order: a B2B bulk order. Its `OrderPlaced` is then several megabytes,
+/// which is what the claim check (`eda-claim-check`) is for.
+pub const MAX_LINES: usize = 100_000;
 /// Largest quantity of one line.
 pub const MAX_QUANTITY: i32 = 10_000;
 /// Largest unit price: 1,000,000.00 in the order's currency.
@@ -284,7 +285,7 @@ mod tests {
         let many = (0..=MAX_LINES).map(|_| line("A", 1, 1)).collect();
         assert_eq!(
             NewOrder::parse(request(many)).unwrap_err()[0].message,
-            "must contain at most 100 lines"
+            "must contain at most 100000 lines"
         );
         let absurd = NewOrder::parse(request(vec![line(
             "A",
@@ -301,7 +302,8 @@ mod tests {
             .map(|_| line("A", MAX_QUANTITY, MAX_UNIT_PRICE_CENTS))
             .collect();
         let order = NewOrder::parse(request(lines)).unwrap();
-        assert_eq!(order.total_cents(), 100 * 10_000 * 100_000_000);
+        // 10^17: 92 times below i64::MAX.
+        assert_eq!(order.total_cents(), 100_000 * 10_000 * 100_000_000);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,10 +20,16 @@ use crate::domain::{Customer, NewOrder, NewOrderRequest, OrderLine, OrderStatus}
 use crate::state::AppState;
 use eda_http::{ApiError, AuthUser, JsonBody};
 
-/// The routes of this resource.
-pub fn router() -> Router<AppState> {
+/// The routes of this resource. `POST /orders` alone accepts bodies up to
+/// `max_order_body_bytes` (a bulk order); every other route keeps the service's limit.
+pub fn router(max_order_body_bytes: usize) -> Router<AppState> {
     Router::new()
-        .route("/orders", post(create_order).get(list_orders))
+        .route(
+            "/orders",
+            post(create_order)
+                .layer(DefaultBodyLimit::max(max_order_body_bytes))
+                .get(list_orders),
+        )
         .route("/orders/{id}", get(get_order))
         .route("/orders/{id}/cancel", post(cancel_order))
 }
@@ -160,6 +166,35 @@ async fn create_order(
     let order_id = Uuid::now_v7();
     tracing::Span::current().record("order.id", tracing::field::display(order_id));
     let total = order.total_cents();
+    let placed = OrderPlaced {
+        order_id,
+        user_id: &user.user_id,
+        customer: &order.customer,
+        currency: order.currency.as_str(),
+        lines: &order.lines,
+        total_cents: total,
+    };
+    let placed = event(
+        &state,
+        order_id,
+        "OrderPlaced",
+        1,
+        &context.with_user(&user.user_id),
+        &placed,
+    )?;
+    // A large event goes to the object store now, before any row is written: if the store is
+    // down the request fails (503) and nothing exists. (An object whose transaction then fails
+    // stays behind unreferenced: harmless, expired with the bucket's lifecycle.)
+    let placed = match &state.claim_check {
+        Some(claim_check) => claim_check.offload(placed).await.map_err(|err| match err {
+            eda_claim_check::Error::Unavailable(_) => {
+                tracing::warn!(error = %err, "claim-check store unavailable; order refused");
+                ApiError::Unavailable("the object store for large events is unavailable".to_owned())
+            }
+            eda_claim_check::Error::Refused(_) => ApiError::internal(err),
+        })?,
+        None => placed,
+    };
     let mut tx = state.pool.begin().await?;
     sqlx::query(
         "INSERT INTO orders (id, user_id, customer_name, customer_email, currency, status, total_cents, revision) \
@@ -217,27 +252,7 @@ async fn create_order(
             };
         }
     }
-    let placed = OrderPlaced {
-        order_id,
-        user_id: &user.user_id,
-        customer: &order.customer,
-        currency: order.currency.as_str(),
-        lines: &order.lines,
-        total_cents: total,
-    };
-    let pending = emit(
-        &state,
-        &mut tx,
-        event(
-            &state,
-            order_id,
-            "OrderPlaced",
-            1,
-            &context.with_user(&user.user_id),
-            &placed,
-        )?,
-    )
-    .await?;
+    let pending = emit(&state, &mut tx, placed).await?;
     tx.commit().await?;
     // Logged at once: the saga may run to its end before this handler returns.
     tracing::info!(

@@ -52,6 +52,8 @@ pub async fn spawn_app_configured(publish_mode: PublishMode, relay_mode: RelayMo
         relay_mode,
         relay_poll_interval: Duration::from_millis(200),
         outbox_retention: Duration::from_secs(3600),
+        claim_check: eda_claim_check::Settings::from_env().expect("claim-check settings"),
+        max_order_body_bytes: 16 * 1024 * 1024,
     };
     let app = Application::build(settings).await.expect("the app builds");
     let server = Server::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown));

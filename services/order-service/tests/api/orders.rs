@@ -199,9 +199,10 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
     )
     .await;
+    // Over POST /orders' own limit (MAX_ORDER_BODY_BYTES, 16 MiB: room for a bulk order).
     problem(
         post_raw(
-            format!("{{\"x\":\"{}\"}}", "a".repeat(100 * 1024)),
+            format!("{{\"x\":\"{}\"}}", "a".repeat(17 * 1024 * 1024)),
             "application/json",
         )
         .await

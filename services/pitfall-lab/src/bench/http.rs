@@ -57,6 +57,8 @@ pub(super) async fn run(
             relay_mode: RelayMode::InProcess,
             relay_poll_interval: Duration::from_secs(1),
             outbox_retention: Duration::from_secs(3600),
+            claim_check: eda_claim_check::Settings::from_env().expect("claim-check settings"),
+            max_order_body_bytes: 16 * 1024 * 1024,
         };
         let app = order_service::startup::Application::build(settings).await?;
         let base = format!("http://127.0.0.1:{}", app.port());

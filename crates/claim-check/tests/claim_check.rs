@@ -1,0 +1,410 @@
+//! The claim check against the real MinIO, Kafka and PostgreSQL: threshold boundaries and a
+//! 5 MB payload through the outbox relay and the consumer runtime; hostile references dead-
+//! lettered with their reasons; an unreachable store is an error for the writer and a retry for
+//! the consumer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use eda_claim_check::{ClaimCheck, Codec, Error, Policy, S3Settings, headers};
+use eda_idempotent_consumer::{Consumer, ConsumerConfig, Event, Handler, HandlerError};
+use eda_outbox::{OutboxEvent, Relay, RelayConfig, enqueue};
+use eda_test_support::{
+    Stack, TempDatabase, consume_all, create_topic, create_topic_named, header, kafka_config,
+    produce, unique,
+};
+use rdkafka::Message;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(60);
+const THRESHOLD: usize = 4096;
+
+fn settings(stack: &Stack, prefix: &str) -> S3Settings {
+    S3Settings {
+        endpoint: Some(stack.s3_endpoint.clone()),
+        region: stack.aws_region.clone(),
+        bucket: stack.s3_bucket.clone(),
+        access_key_id: stack.s3_access_key.clone(),
+        secret_access_key: stack.s3_secret_key.clone(),
+        prefix: prefix.to_owned(),
+    }
+}
+
+fn policy() -> Policy {
+    Policy {
+        threshold: THRESHOLD,
+        codec: Codec::Zstd,
+        max_size: 8 * 1024 * 1024,
+    }
+}
+
+fn sha(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Records what the handler saw: the payload's size and sha256.
+struct Record;
+
+impl Handler for Record {
+    async fn handle(&self, event: &Event, tx: &mut PgConnection) -> Result<(), HandlerError> {
+        sqlx::query("INSERT INTO seen (event_id, size, sha256) VALUES ($1, $2, $3)")
+            .bind(event.event_id)
+            .bind(event.payload.len() as i64)
+            .bind(sha(&event.payload))
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+struct Setup {
+    stack: Stack,
+    _db: TempDatabase,
+    pool: PgPool,
+    topic: String,
+    claim_check: ClaimCheck,
+    settings: S3Settings,
+}
+
+async fn setup() -> Setup {
+    let stack = Stack::from_env();
+    let db = TempDatabase::create(&stack).await;
+    let pool = db.pool().await;
+    eda_outbox::migrate(&pool).await.unwrap();
+    eda_idempotent_consumer::migrate(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE seen (event_id uuid PRIMARY KEY, size bigint, sha256 text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let topic = create_topic(&stack, 3).await;
+    create_topic_named(&stack, &format!("{topic}.dlq"), 1).await;
+    let settings = settings(&stack, &format!("{}/", unique("claims")));
+    let claim_check = ClaimCheck::new(&settings, policy());
+    Setup {
+        stack,
+        _db: db,
+        pool,
+        topic,
+        claim_check,
+        settings,
+    }
+}
+
+/// Runs a consumer with the claim check as resolver until `done(processed, dead)`.
+async fn consume(s: &Setup, resolver: ClaimCheck, done: impl Fn(u64, u64) -> bool) -> u64 {
+    let mut config =
+        ConsumerConfig::new(&s.stack.kafka_bootstrap_servers, &unique("g"), &[&s.topic]);
+    config.backoff_initial = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
+    let consumer = Consumer::new(s.pool.clone(), config, Record)
+        .unwrap()
+        .with_resolver(Arc::new(resolver));
+    let metrics = consumer.metrics();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(consumer.run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done(metrics.processed(), metrics.dead_lettered()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer stuck: processed {} dead {} retries {}",
+            metrics.processed(),
+            metrics.dead_lettered(),
+            metrics.retries()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+    metrics.retries()
+}
+
+/// A JSON document of about `bytes` bytes, like a bulk order's lines.
+fn order_json(bytes: usize) -> serde_json::Value {
+    let line = serde_json::json!({"sku": "SKU-000001", "quantity": 3, "unit_price_cents": 1250});
+    let lines = bytes / (line.to_string().len() + 1);
+    serde_json::json!({ "lines": vec![line; lines.max(1)] })
+}
+
+/// An event whose serialized payload is exactly `size` bytes.
+fn event_of_size(topic: &str, key: &str, size: usize) -> OutboxEvent {
+    let skeleton = serde_json::json!({"pad": ""}).to_string().len();
+    let body = serde_json::json!({"pad": "x".repeat(size - skeleton)});
+    let event = OutboxEvent::json(topic, "Order", key, "OrderPlaced", 1, &body).unwrap();
+    assert_eq!(event.payload().len(), size);
+    event
+}
+
+#[tokio::test]
+async fn payloads_over_the_threshold_travel_as_claim_checks_and_arrive_whole() {
+    let s = setup().await;
+    let events = vec![
+        event_of_size(&s.topic, "under", THRESHOLD - 1),
+        event_of_size(&s.topic, "at", THRESHOLD),
+        event_of_size(&s.topic, "over", THRESHOLD + 1),
+        OutboxEvent::json(
+            &s.topic,
+            "Order",
+            "bulk",
+            "OrderPlaced",
+            1,
+            &order_json(5 << 20),
+        )
+        .unwrap(),
+    ];
+    assert!(events[3].payload().len() > 5_000_000);
+    let mut offloaded = Vec::new();
+    for e in &events {
+        let out = s.claim_check.offload(e.clone()).await.unwrap();
+        let mut tx = s.pool.begin().await.unwrap();
+        enqueue(&mut tx, &out).await.unwrap();
+        tx.commit().await.unwrap();
+        offloaded.push(out);
+    }
+
+    let stop = CancellationToken::new();
+    let relay = Relay::new(
+        s.pool.clone(),
+        kafka_config(&s.stack),
+        RelayConfig {
+            poll_interval: Duration::from_millis(200),
+            ..RelayConfig::default()
+        },
+    )
+    .unwrap();
+    let relay = tokio::spawn(relay.run(stop.clone()));
+    let records = consume_all(&s.stack, &s.topic, events.len(), WAIT, Duration::ZERO).await;
+    for (e, record) in events.iter().zip(&offloaded) {
+        let on_topic = records
+            .iter()
+            .find(|m| header(m, "event-id") == Some(e.event_id().to_string()))
+            .expect("published");
+        let value = on_topic.payload().unwrap();
+        if e.payload().len() <= THRESHOLD {
+            assert_eq!(
+                value,
+                e.payload().as_bytes(),
+                "{}: inline, as written",
+                e.key()
+            );
+            assert_eq!(header(on_topic, headers::LOCATION), None);
+        } else {
+            assert!(
+                value.len() < 512,
+                "{}: a small reference ({} bytes)",
+                e.key(),
+                value.len()
+            );
+            assert_eq!(value, record.payload().as_bytes());
+            let size = header(on_topic, headers::SIZE).unwrap();
+            assert_eq!(size, e.payload().len().to_string());
+            assert_eq!(
+                header(on_topic, headers::SHA256),
+                Some(sha(e.payload().as_bytes()))
+            );
+            assert_eq!(header(on_topic, headers::CODEC).as_deref(), Some("zstd"));
+            let location = header(on_topic, headers::LOCATION).unwrap();
+            assert!(
+                location.starts_with(&format!("s3://{}/{}", s.settings.bucket, s.settings.prefix))
+            );
+        }
+    }
+    stop.cancel();
+    relay.await.unwrap();
+
+    consume(&s, s.claim_check.clone(), |processed, _| processed == 4).await;
+    for e in &events {
+        let (size, digest): (i64, String) =
+            sqlx::query_as("SELECT size, sha256 FROM seen WHERE event_id = $1")
+                .bind(e.event_id())
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            size as usize,
+            e.payload().len(),
+            "{}: the handler saw it whole",
+            e.key()
+        );
+        assert_eq!(digest, sha(e.payload().as_bytes()));
+    }
+}
+
+/// Produces a claim-checked record with the given headers (an attacker, or a bug).
+async fn produce_reference(s: &Setup, location: &str, size: usize, digest: &str) -> String {
+    let id = uuid::Uuid::now_v7().to_string();
+    let size = size.to_string();
+    produce(
+        &s.stack,
+        &s.topic,
+        "k",
+        &[
+            ("event-id", &id),
+            ("event-type", "OrderPlaced"),
+            (headers::LOCATION, location),
+            (headers::SIZE, &size),
+            (headers::SHA256, digest),
+            (headers::CODEC, "zstd"),
+        ],
+        b"{}",
+    )
+    .await;
+    id
+}
+
+#[tokio::test]
+async fn tampered_missing_outside_and_exploding_objects_are_dead_lettered_with_the_reason() {
+    let s = setup().await;
+    let client = s.settings.client();
+    let bucket = &s.settings.bucket;
+    let put = |key: String, body: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    // Tampered: stored honestly, then overwritten with other bytes of the same size.
+    let payload = b"{\"lines\":[1,2,3]}".repeat(400);
+    let honest = s.claim_check.store("t/tampered", &payload).await.unwrap();
+    let mut other = payload.clone();
+    other[10] = b'9';
+    put(
+        honest.key.clone(),
+        zstd::stream::encode_all(other.as_slice(), 3).unwrap(),
+    )
+    .await;
+    produce_reference(&s, &honest.location(), honest.size, &honest.sha256).await;
+    // Missing.
+    let missing = format!("s3://{bucket}/{}t/never-written", s.settings.prefix);
+    produce_reference(&s, &missing, 10, &sha(b"0123456789")).await;
+    // Outside the bucket, and outside the prefix.
+    produce_reference(&s, "s3://somebody-else/x", 10, &sha(b"0123456789")).await;
+    produce_reference(&s, &format!("s3://{bucket}/elsewhere/x"), 10, &sha(b"x")).await;
+    // A bomb: 8 MB of zeros compress to a few hundred bytes; it claims 1,000.
+    let bomb_key = format!("{}t/bomb", s.settings.prefix);
+    put(
+        bomb_key.clone(),
+        zstd::stream::encode_all(vec![0u8; 8 << 20].as_slice(), 19).unwrap(),
+    )
+    .await;
+    produce_reference(
+        &s,
+        &format!("s3://{bucket}/{bomb_key}"),
+        1000,
+        &sha(&[0; 1000]),
+    )
+    .await;
+    // And a good one behind them, which must still be applied.
+    let good = s
+        .claim_check
+        .offload(event_of_size(&s.topic, "k", THRESHOLD * 2))
+        .await
+        .unwrap();
+    let mut headers_of_good: Vec<(String, String)> = good
+        .headers()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    headers_of_good.retain(|(k, _)| k != "traceparent");
+    let pairs: Vec<(&str, &str)> = headers_of_good
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    produce(&s.stack, &s.topic, "k", &pairs, good.payload().as_bytes()).await;
+
+    consume(&s, s.claim_check.clone(), |processed, dead| {
+        processed == 1 && dead == 5
+    })
+    .await;
+    let dead = consume_all(
+        &s.stack,
+        &format!("{}.dlq", s.topic),
+        5,
+        WAIT,
+        Duration::ZERO,
+    )
+    .await;
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|m| header(m, "dlq-reason").unwrap())
+        .collect();
+    for (i, expected) in [
+        "checksum mismatch",
+        "is missing",
+        "outside the bucket",
+        "not a plain key under",
+        "expands past its announced 1000 bytes",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(reasons[i].contains(expected), "{i}: {reasons:?}");
+    }
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM seen")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, 1, "only the good record reached the handler");
+}
+
+#[tokio::test]
+async fn an_unreachable_store_fails_the_writer_and_is_retried_by_the_consumer() {
+    let s = setup().await;
+    let down = S3Settings {
+        endpoint: Some("http://127.0.0.1:9".to_owned()), // discard port: nothing listens
+        ..s.settings.clone()
+    };
+    let unreachable = ClaimCheck::new(&down, policy());
+    let big = event_of_size(&s.topic, "k", THRESHOLD * 4);
+    let err = tokio::time::timeout(Duration::from_secs(60), unreachable.offload(big.clone()))
+        .await
+        .expect("gives up in bounded time")
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    // Small events need no store at all.
+    let small = event_of_size(&s.topic, "k", 100);
+    assert_eq!(
+        unreachable.offload(small.clone()).await.unwrap().payload(),
+        small.payload()
+    );
+
+    // A consumer whose store is down retries in order instead of dead-lettering.
+    let stored = s.claim_check.offload(big).await.unwrap();
+    let pairs: Vec<(&str, String)> = stored.headers();
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    produce(&s.stack, &s.topic, "k", &pairs, stored.payload().as_bytes()).await;
+    let mut config =
+        ConsumerConfig::new(&s.stack.kafka_bootstrap_servers, &unique("g"), &[&s.topic]);
+    config.backoff_initial = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(100);
+    let consumer = Consumer::new(s.pool.clone(), config, Record)
+        .unwrap()
+        .with_resolver(Arc::new(unreachable));
+    let metrics = consumer.metrics();
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn(consumer.run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metrics.retries() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no retries");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metrics.dead_lettered(),
+        0,
+        "an outage is not a poison record"
+    );
+    assert_eq!(metrics.processed(), 0);
+    stop.cancel();
+    handle.await.unwrap().unwrap();
+    // The store is back: the same event is applied whole.
+    consume(&s, s.claim_check.clone(), |processed, _| processed == 1).await;
+}
