@@ -3,10 +3,9 @@
 # (default: crates/outbox, crates/idempotent-consumer and crates/claim-check) it builds a fresh
 # Cargo project outside the workspace, the way a user would: the crate and the crates/ it needs
 # by path, every `workspace = true` written out from the root Cargo.toml, no test-support. Then
-# `cargo build`,
-# `cargo test --lib` (unit tests; the integration tests in tests/ need the real stack and
-# eda-test-support, which do not copy out) and `cargo test --doc` (doc comments and the README,
-# where the crate includes it as doctests).
+# `cargo build`, `cargo test --lib` (unit tests; the integration tests in tests/ need the real
+# stack and eda-test-support, which do not copy out) and `cargo test --doc` (doc comments and the
+# README, where the crate includes it as doctests).
 #
 #   infra/copy-check.sh [crates/<name>...]
 #

@@ -12,7 +12,8 @@ use rdkafka::Message;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Running, set_stock, spawn_inventory, spawn_orders, spawn_orders_with, stock, token, topics,
+    Running, metrics_text, order, set_stock, spawn_inventory, spawn_orders, spawn_orders_with,
+    stock, token, topics, wait_status,
 };
 
 const SKUS: usize = 50;
@@ -55,28 +56,8 @@ async fn a_50000_line_order_travels_as_a_claim_check_and_reserves_every_line() {
     let (status, order) = post(&c, &orders, &body).await;
     assert_eq!(status, 201, "{order}");
     let id = order["id"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let now: Value = c
-            .get(format!("{}/orders/{id}", orders.address))
-            .bearer_auth(token("alice", &[]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if now["status"] == "CONFIRMED" {
-            assert_eq!(now["lines"].as_array().map(Vec::len), Some(LINES));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still {}",
-            now["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let confirmed = wait_status(&c, &orders, &id, "CONFIRMED", Duration::from_secs(120)).await;
+    assert_eq!(confirmed["lines"].as_array().map(Vec::len), Some(LINES));
     for i in 0..SKUS {
         let s = stock(&c, &inv, &format!("BULK-{i:02}")).await;
         assert_eq!(
@@ -169,52 +150,17 @@ async fn without_the_claim_check_the_bulk_order_is_parked_and_blocks_nobody_else
         "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_cents": 100}]});
     let (status, small) = post(&c, &orders, &small).await;
     assert_eq!(status, 201);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let now: Value = c
-            .get(format!(
-                "{}/orders/{}",
-                orders.address,
-                small["id"].as_str().unwrap()
-            ))
-            .bearer_auth(token("alice", &[]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if now["status"] == "CONFIRMED" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the small order is stuck too"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let metrics = c
-        .get(format!("{}/metrics", orders.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    wait_status(
+        &c,
+        &orders,
+        small["id"].as_str().unwrap(),
+        "CONFIRMED",
+        Duration::from_secs(60),
+    )
+    .await;
+    let metrics = metrics_text(&c, &orders).await;
     assert!(metrics.contains("outbox_parked_rows 1"), "{metrics}");
-    let big_now: Value = c
-        .get(format!(
-            "{}/orders/{}",
-            orders.address,
-            big["id"].as_str().unwrap()
-        ))
-        .bearer_auth(token("alice", &[]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let big_now = order(&c, &orders, big["id"].as_str().unwrap()).await;
     assert_eq!(big_now["status"], "PLACED", "its event never left: parked");
     orders.stop().await;
     inv.stop().await;

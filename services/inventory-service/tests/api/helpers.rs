@@ -156,3 +156,61 @@ pub async fn stock(client: &reqwest::Client, inventory: &Running, sku: &str) -> 
         .await
         .unwrap()
 }
+
+/// `GET /orders/{id}` as alice.
+pub async fn order(client: &reqwest::Client, orders: &Running, id: &str) -> Value {
+    client
+        .get(format!("{}/orders/{id}", orders.address))
+        .bearer_auth(token("alice", &[]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits (at most `within`) until alice's order `id` has `status`; returns it.
+pub async fn wait_status(
+    client: &reqwest::Client,
+    orders: &Running,
+    id: &str,
+    status: &str,
+    within: Duration,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let now = order(client, orders, id).await;
+        if now["status"] == status {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "order {id} is {} not {status}",
+            now["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The service's `/metrics` text.
+pub async fn metrics_text(client: &reqwest::Client, service: &Running) -> String {
+    client
+        .get(format!("{}/metrics", service.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The sum of the samples of metric `name` (all label sets).
+pub async fn metric(client: &reqwest::Client, service: &Running, name: &str) -> u64 {
+    metrics_text(client, service)
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}

@@ -11,7 +11,7 @@ use rdkafka::util::Timeout;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{set_stock, spawn_inventory, stock, topics};
+use crate::helpers::{metric, set_stock, spawn_inventory, stock, topics};
 
 async fn reserved_after_three_deliveries(dedupe: Dedupe) -> i64 {
     let stack = Stack::from_env();
@@ -49,30 +49,14 @@ async fn reserved_after_three_deliveries(dedupe: Dedupe) -> i64 {
     // Let all three deliveries be handled.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let metrics = c
-            .get(format!("{}/metrics", inv.address))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let handled: u64 = ["consumer_processed_total", "consumer_duplicates_total"]
-            .iter()
-            .filter_map(|name| {
-                metrics
-                    .lines()
-                    .find(|l| l.starts_with(name))
-                    .and_then(|l| l.rsplit(' ').next())
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-            .sum();
+        let handled = metric(&c, &inv, "consumer_processed_total").await
+            + metric(&c, &inv, "consumer_duplicates_total").await;
         if handled >= 3 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "deliveries not handled: {metrics}"
+            "deliveries not handled: {handled} of 3"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -4,7 +4,9 @@ use eda_idempotent_consumer::Dedupe;
 use eda_test_support::Stack;
 use serde_json::{Value, json};
 
-use crate::helpers::{Running, set_stock, spawn_inventory, spawn_orders, stock, token, topics};
+use crate::helpers::{
+    Running, set_stock, spawn_inventory, spawn_orders, stock, token, topics, wait_status,
+};
 
 async fn place(c: &reqwest::Client, orders: &Running, lines: Value) -> String {
     let body = json!({"customer": {"name": "Ada", "email": "ada@example.com"}, "currency": "EUR", "lines": lines});
@@ -21,30 +23,6 @@ async fn place(c: &reqwest::Client, orders: &Running, lines: Value) -> String {
     order["id"].as_str().unwrap().to_owned()
 }
 
-async fn wait_status(c: &reqwest::Client, orders: &Running, id: &str, status: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let order: Value = c
-            .get(format!("{}/orders/{id}", orders.address))
-            .bearer_auth(token("alice", &[]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if order["status"] == status {
-            return order;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order {id} is {} not {status}",
-            order["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn orders_are_confirmed_with_stock_rejected_without_and_cancellation_releases_once() {
     let stack = Stack::from_env();
@@ -56,7 +34,7 @@ async fn orders_are_confirmed_with_stock_rejected_without_and_cancellation_relea
     set_stock(&c, &inv, "SKU-2", 1).await;
 
     let ok = place(&c, &orders, json!([{"sku": "SKU-1", "quantity": 3, "unit_price_cents": 100}, {"sku": "SKU-2", "quantity": 1, "unit_price_cents": 100}])).await;
-    let confirmed = wait_status(&c, &orders, &ok, "CONFIRMED").await;
+    let confirmed = wait_status(&c, &orders, &ok, "CONFIRMED", Duration::from_secs(60)).await;
     assert_eq!(confirmed["revision"], 2, "PLACED (1) then CONFIRMED (2)");
     let s1 = stock(&c, &inv, "SKU-1").await;
     assert_eq!(
@@ -66,7 +44,7 @@ async fn orders_are_confirmed_with_stock_rejected_without_and_cancellation_relea
 
     // SKU-2 is gone now: all lines or none, so SKU-1 is not touched either.
     let short = place(&c, &orders, json!([{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 100}, {"sku": "SKU-2", "quantity": 1, "unit_price_cents": 100}])).await;
-    wait_status(&c, &orders, &short, "REJECTED").await;
+    wait_status(&c, &orders, &short, "REJECTED", Duration::from_secs(60)).await;
     assert_eq!(
         stock(&c, &inv, "SKU-1").await["available"],
         7,
@@ -78,7 +56,7 @@ async fn orders_are_confirmed_with_stock_rejected_without_and_cancellation_relea
         json!([{"sku": "NO-SUCH-SKU", "quantity": 1, "unit_price_cents": 100}]),
     )
     .await;
-    wait_status(&c, &orders, &unknown, "REJECTED").await;
+    wait_status(&c, &orders, &unknown, "REJECTED", Duration::from_secs(60)).await;
 
     // Cancelling the confirmed order releases its stock, once, even if cancelled twice.
     for _ in 0..2 {

@@ -11,22 +11,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{Running, set_stock, spawn_inventory, stock, topics};
-
-async fn metric(c: &reqwest::Client, service: &Running, name: &str) -> u64 {
-    let text = c
-        .get(format!("{}/metrics", service.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
+use crate::helpers::{Running, metric, set_stock, spawn_inventory, stock, topics};
 
 async fn wait_for(c: &reqwest::Client, service: &Running, name: &str, at_least: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

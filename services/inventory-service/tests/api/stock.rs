@@ -3,7 +3,7 @@ use eda_test_support::Stack;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{set_stock, spawn_inventory, stock, token, topics};
+use crate::helpers::{metrics_text, set_stock, spawn_inventory, stock, token, topics};
 
 #[tokio::test]
 async fn admins_set_stock_everyone_authenticated_reads_it() {
@@ -77,14 +77,7 @@ async fn admins_set_stock_everyone_authenticated_reads_it() {
         .await
         .unwrap();
     assert_eq!(ready["status"], "ready");
-    let metrics = c
-        .get(format!("{}/metrics", inv.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&c, &inv).await;
     assert!(
         metrics.contains("consumer_processed_total{group="),
         "{metrics}"
