@@ -748,3 +748,61 @@ async fn hostile_context_headers_are_replaced_or_dropped_never_propagated() {
     }
     flow.stop().await;
 }
+
+#[tokio::test]
+async fn a_claim_checked_order_keeps_its_upload_and_download_in_the_request_trace() {
+    // Pitfall 4 meets pitfall 3: the payload leaves Kafka for MinIO and back, the trace does
+    // not break. 6,000 lines make an OrderPlaced of ~330 KB, over the 256 KiB threshold.
+    let flow = Flow::start("on", "inprocess").await;
+    let stocked = flow
+        .client
+        .put(format!("{}/inventory/SKU-1", flow.inventory.address))
+        .bearer_auth(token("ops", &["admin"]))
+        .json(&json!({"available": 10_000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(stocked.status().is_success());
+    let request_id = unique("bulk");
+    let lines: Vec<Value> = (0..6_000)
+        .map(|_| json!({"sku": "SKU-1", "quantity": 1, "unit_price_cents": 100}))
+        .collect();
+    let response = flow
+        .client
+        .post(format!("{}/orders", flow.order.address))
+        .bearer_auth(token("alice", &[]))
+        .header("x-request-id", &request_id)
+        .json(&json!({"customer": {"name": "B2B", "email": "b2b@example.com"}, "currency": "EUR", "lines": lines}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let order: Value = response.json().await.unwrap();
+    flow.wait_status(order["id"].as_str().unwrap(), "CONFIRMED")
+        .await;
+
+    let (o, i) = (flow.order_name.as_str(), flow.inventory_name.as_str());
+    let traces = Jaeger::from_env()
+        .wait_for(o, &[("request_id", &request_id)], WAIT, |t| {
+            t.len() == 1
+                && t[0].find(i, "claim-check download").count() == 1
+                && saga_complete(&t[0], &flow, true)
+        })
+        .await;
+    let trace = &traces[0];
+    let upload = one(trace, o, "claim-check upload");
+    assert_eq!(
+        parent(trace, upload).name,
+        "create_order",
+        "uploaded inside the request"
+    );
+    assert!(upload.tag("payload.size").unwrap().parse::<u64>().unwrap() > 256 * 1024);
+    let download = one(trace, i, "claim-check download");
+    let consumed = parent(trace, download);
+    assert_eq!(
+        consumed.name, flow.names.process_orders,
+        "fetched inside the consumer's span"
+    );
+    assert_eq!(consumed.tag("event.type"), Some("OrderPlaced"));
+    flow.stop().await;
+}
