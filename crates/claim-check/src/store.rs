@@ -130,12 +130,19 @@ impl ClaimCheck {
     /// key (the topic and event id, say: `order.events/0192...`).
     pub async fn store(&self, name: &str, payload: &[u8]) -> Result<Reference> {
         let key = format!("{}{name}", self.prefix);
-        let sha256 = hex(&Sha256::digest(payload));
-        let body = match self.policy.codec {
-            Codec::None => payload.to_vec(),
-            Codec::Zstd => zstd::stream::encode_all(payload, 3)
-                .map_err(|err| Error::Unavailable(Box::new(err)))?,
-        };
+        // Hashing and compressing megabytes is CPU work: off the async threads.
+        let (owned, codec) = (payload.to_vec(), self.policy.codec);
+        let (sha256, body) = tokio::task::spawn_blocking(move || {
+            let sha256 = hex(&Sha256::digest(&owned));
+            let body = match codec {
+                Codec::None => owned,
+                Codec::Zstd => zstd::stream::encode_all(owned.as_slice(), 3)?,
+            };
+            Ok::<_, std::io::Error>((sha256, body))
+        })
+        .await
+        .map_err(|err| Error::Unavailable(Box::new(err)))?
+        .map_err(|err| Error::Unavailable(Box::new(err)))?;
         let span = tracing::info_span!(
             "claim-check upload",
             otel.name = "claim-check upload",
@@ -227,44 +234,11 @@ impl ClaimCheck {
             }
             stored.extend_from_slice(&chunk);
         }
-        let payload = match reference.codec {
-            Codec::None => stored,
-            Codec::Zstd => {
-                // Decompress at most one byte more than announced: a bomb stops there.
-                let decoder = zstd::stream::read::Decoder::new(stored.as_slice())
-                    .map_err(|err| Error::Refused(format!("not zstd data: {err}")))?;
-                let mut out = Vec::with_capacity(reference.size);
-                decoder
-                    .take(reference.size as u64 + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|err| Error::Refused(format!("not zstd data: {err}")))?;
-                out
-            }
-        };
-        if payload.len() > reference.size {
-            return Err(Error::Refused(format!(
-                "object {} expands past its announced {} bytes (decompression stopped there)",
-                reference.location(),
-                reference.size
-            )));
-        }
-        if payload.len() != reference.size {
-            return Err(Error::Refused(format!(
-                "object {} holds {} bytes, the reference says {}",
-                reference.location(),
-                payload.len(),
-                reference.size
-            )));
-        }
-        let got = hex(&Sha256::digest(&payload));
-        if got != reference.sha256 {
-            return Err(Error::Refused(format!(
-                "checksum mismatch for {}: sha256 {got}, the reference says {}",
-                reference.location(),
-                reference.sha256
-            )));
-        }
-        Ok(payload)
+        // Decompressing and hashing megabytes is CPU work: off the async threads.
+        let reference = reference.clone();
+        tokio::task::spawn_blocking(move || decode_and_verify(stored, &reference))
+            .await
+            .map_err(|err| Error::Unavailable(Box::new(err)))?
     }
 
     /// An outbox event whose payload is over the threshold, offloaded: the payload is stored
@@ -303,6 +277,49 @@ impl eda_idempotent_consumer::PayloadResolver for ClaimCheck {
             self.fetch(&reference).await.map_err(refused)
         })
     }
+}
+
+/// Decodes a downloaded object and checks it against its reference: decompressed to at most one
+/// byte more than announced, then size and sha256 compared.
+fn decode_and_verify(stored: Vec<u8>, reference: &Reference) -> Result<Vec<u8>> {
+    let payload = match reference.codec {
+        Codec::None => stored,
+        Codec::Zstd => {
+            // Decompress at most one byte more than announced: a bomb stops there.
+            let decoder = zstd::stream::read::Decoder::new(stored.as_slice())
+                .map_err(|err| Error::Refused(format!("not zstd data: {err}")))?;
+            let mut out = Vec::with_capacity(reference.size);
+            decoder
+                .take(reference.size as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|err| Error::Refused(format!("not zstd data: {err}")))?;
+            out
+        }
+    };
+    if payload.len() > reference.size {
+        return Err(Error::Refused(format!(
+            "object {} expands past its announced {} bytes (decompression stopped there)",
+            reference.location(),
+            reference.size
+        )));
+    }
+    if payload.len() != reference.size {
+        return Err(Error::Refused(format!(
+            "object {} holds {} bytes, the reference says {}",
+            reference.location(),
+            payload.len(),
+            reference.size
+        )));
+    }
+    let got = hex(&Sha256::digest(&payload));
+    if got != reference.sha256 {
+        return Err(Error::Refused(format!(
+            "checksum mismatch for {}: sha256 {got}, the reference says {}",
+            reference.location(),
+            reference.sha256
+        )));
+    }
+    Ok(payload)
 }
 
 fn hex(bytes: &[u8]) -> String {
