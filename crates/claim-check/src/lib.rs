@@ -20,14 +20,25 @@
 //! - [`Reference`]: what travels in the headers, parsed and validated.
 //! - [`Error`]: unavailable (retry) or refused (dead letter).
 //!
-//! Objects are never deleted when consumed: another consumer group may still need them. Delete
-//! them after a retention at least the topic's (an S3 lifecycle rule on the prefix).
+//! Objects are never deleted when consumed: another consumer group may still need them. The
+//! [`Janitor`] deletes them after a retention at least the topic's, and deletes orphans (objects
+//! whose transaction never committed, found through the upload ledger) after a grace period.
 
+mod chunk;
+mod janitor;
+mod prepare;
 mod reference;
+mod settings;
 mod store;
 
+pub use chunk::{Chunker, headers as chunk_headers};
+pub use janitor::{Janitor, JanitorConfig, JanitorReport, MIGRATIONS_TABLE, confirm, migrate};
+pub use prepare::LargePayloads;
+#[cfg(feature = "outbox")]
+pub use prepare::Prepared;
 pub use reference::{Reference, headers};
-pub use store::{ClaimCheck, S3Settings, Settings};
+pub use settings::{Mode, Settings};
+pub use store::{ClaimCheck, S3Settings};
 
 /// How the stored object is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +116,15 @@ pub enum Error {
 
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Lowercase hex of `bytes` (sha256 digests in headers).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(64), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
 
 /// A value from outside quoted in an error: escaped, at most 64 characters.
 pub(crate) fn shown(value: &str) -> String {

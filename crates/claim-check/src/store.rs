@@ -8,7 +8,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use sha2::{Digest as _, Sha256};
 use tracing::Instrument as _;
 
-use crate::{Codec, Error, Policy, Reference, Result};
+use crate::{Codec, Error, Policy, Reference, Result, hex};
 
 /// Where the objects go. `Debug` leaves the secret key out.
 #[derive(Clone)]
@@ -88,6 +88,7 @@ pub struct ClaimCheck {
     bucket: String,
     prefix: String,
     policy: Policy,
+    ledger: Option<sqlx::PgPool>,
 }
 
 impl ClaimCheck {
@@ -113,7 +114,32 @@ impl ClaimCheck {
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
             policy,
+            ledger: None,
         }
+    }
+
+    /// Records every upload in the ledger table of `pool` (`claim_check_uploads`, created by
+    /// [`crate::migrate`]) **before** uploading, so an object whose transaction never commits
+    /// is found and deleted by the [`Janitor`](crate::Janitor). The business transaction
+    /// removes the record ([`crate::confirm`], which [`Prepared::enqueue`](crate::Prepared)
+    /// calls). Producers only: consumers never write objects.
+    pub fn with_ledger(mut self, pool: sqlx::PgPool) -> Self {
+        self.ledger = Some(pool);
+        self
+    }
+
+    /// The bucket objects go to.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The key prefix of this claim check's objects.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
     }
 
     /// The policy in force.
@@ -130,6 +156,11 @@ impl ClaimCheck {
     /// key (the topic and event id, say: `order.events/0192...`).
     pub async fn store(&self, name: &str, payload: &[u8]) -> Result<Reference> {
         let key = format!("{}{name}", self.prefix);
+        if let Some(pool) = &self.ledger {
+            crate::janitor::record_upload(pool, &self.bucket, &key)
+                .await
+                .map_err(|err| Error::Unavailable(Box::new(err)))?;
+        }
         // Hashing and compressing megabytes is CPU work: off the async threads.
         let (owned, codec) = (payload.to_vec(), self.policy.codec);
         let (sha256, body) = tokio::task::spawn_blocking(move || {
@@ -320,71 +351,4 @@ fn decode_and_verify(stored: Vec<u8>, reference: &Reference) -> Result<Vec<u8>> 
         )));
     }
     Ok(payload)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
-}
-
-/// What a service reads from the environment to use a claim check.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// `CLAIM_CHECK`: `on` (default) offloads payloads over the threshold; `off` sends every
-    /// payload inline, however large (pitfall 4, on purpose). Consumers resolve claim checks
-    /// whatever this says.
-    pub offload: bool,
-    /// The store (`S3_ENDPOINT`, `S3_BUCKET`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `CLAIM_CHECK_PREFIX`).
-    pub s3: S3Settings,
-    /// `CLAIM_CHECK_THRESHOLD_BYTES` (default 262144), `CLAIM_CHECK_CODEC` (`zstd` or `none`),
-    /// `CLAIM_CHECK_MAX_BYTES` (default 67108864).
-    pub policy: Policy,
-}
-
-impl Settings {
-    /// Reads the environment; a value that does not parse is an error naming the variable.
-    pub fn from_env() -> std::result::Result<Self, String> {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let number = |name: &str, default: usize| match var(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<usize>()
-                .map_err(|_| format!("{name}={v:?}: expected a number of bytes")),
-        };
-        let defaults = Policy::default();
-        let offload = match var("CLAIM_CHECK").as_deref() {
-            None | Some("on") => true,
-            Some("off") => false,
-            Some(other) => return Err(format!("CLAIM_CHECK={other:?}: expected on or off")),
-        };
-        let codec = match var("CLAIM_CHECK_CODEC") {
-            None => defaults.codec,
-            Some(v) => v
-                .parse()
-                .map_err(|_| format!("CLAIM_CHECK_CODEC={v:?}: expected zstd or none"))?,
-        };
-        Ok(Self {
-            offload,
-            s3: S3Settings::from_env(),
-            policy: Policy {
-                threshold: number("CLAIM_CHECK_THRESHOLD_BYTES", defaults.threshold)?,
-                codec,
-                max_size: number("CLAIM_CHECK_MAX_BYTES", defaults.max_size)?,
-            },
-        })
-    }
-
-    /// The claim check these settings describe.
-    pub fn claim_check(&self) -> ClaimCheck {
-        ClaimCheck::new(&self.s3, self.policy.clone())
-    }
 }

@@ -1,7 +1,7 @@
-//! The claim check against the real MinIO, Kafka and PostgreSQL: threshold boundaries and a
-//! 5 MB payload through the outbox relay and the consumer runtime; hostile references dead-
-//! lettered with their reasons; an unreachable store is an error for the writer and a retry for
-//! the consumer.
+//! The claim check against the real MinIO, Kafka and PostgreSQL: the default threshold's
+//! boundaries, and 5 MB and 50 MB payloads, through the outbox relay and the consumer runtime;
+//! hostile references dead-lettered with their reasons; an unreachable store is an error for
+//! the writer and a retry for the consumer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +15,13 @@ use eda_test_support::{
     produce, unique,
 };
 use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+
+#[path = "claim_check/janitor.rs"]
+mod janitor;
 
 const WAIT: Duration = Duration::from_secs(60);
 const THRESHOLD: usize = 4096;
@@ -34,10 +38,11 @@ fn settings(stack: &Stack, prefix: &str) -> S3Settings {
 }
 
 fn policy() -> Policy {
+    // The default codec: zstd.
     Policy {
         threshold: THRESHOLD,
-        codec: Codec::Zstd,
         max_size: 8 * 1024 * 1024,
+        ..Policy::default()
     }
 }
 
@@ -121,13 +126,6 @@ async fn consume(s: &Setup, resolver: ClaimCheck, done: impl Fn(u64, u64) -> boo
     metrics.retries()
 }
 
-/// A JSON document of about `bytes` bytes, like a bulk order's lines.
-fn order_json(bytes: usize) -> serde_json::Value {
-    let line = serde_json::json!({"sku": "SKU-000001", "quantity": 3, "unit_price_cents": 1250});
-    let lines = bytes / (line.to_string().len() + 1);
-    serde_json::json!({ "lines": vec![line; lines.max(1)] })
-}
-
 /// An event whose serialized payload is exactly `size` bytes.
 fn event_of_size(topic: &str, key: &str, size: usize) -> OutboxEvent {
     let skeleton = serde_json::json!({"pad": ""}).to_string().len();
@@ -137,33 +135,22 @@ fn event_of_size(topic: &str, key: &str, size: usize) -> OutboxEvent {
     event
 }
 
-#[tokio::test]
-async fn payloads_over_the_threshold_travel_as_claim_checks_and_arrive_whole() {
-    let s = setup().await;
-    let events = vec![
-        event_of_size(&s.topic, "under", THRESHOLD - 1),
-        event_of_size(&s.topic, "at", THRESHOLD),
-        event_of_size(&s.topic, "over", THRESHOLD + 1),
-        OutboxEvent::json(
-            &s.topic,
-            "Order",
-            "bulk",
-            "OrderPlaced",
-            1,
-            &order_json(5 << 20),
-        )
-        .unwrap(),
-    ];
-    assert!(events[3].payload().len() > 5_000_000);
+/// Offloads `events` with `claim_check`, enqueues them (one transaction each), publishes them
+/// with the in-process relay and returns what reached the topic, in the same order as
+/// `events`, with the offloaded events as enqueued.
+async fn offload_and_relay(
+    s: &Setup,
+    claim_check: &ClaimCheck,
+    events: &[OutboxEvent],
+) -> (Vec<OutboxEvent>, Vec<OwnedMessage>) {
     let mut offloaded = Vec::new();
-    for e in &events {
-        let out = s.claim_check.offload(e.clone()).await.unwrap();
+    for e in events {
+        let out = claim_check.offload(e.clone()).await.unwrap();
         let mut tx = s.pool.begin().await.unwrap();
         enqueue(&mut tx, &out).await.unwrap();
         tx.commit().await.unwrap();
         offloaded.push(out);
     }
-
     let stop = CancellationToken::new();
     let relay = Relay::new(
         s.pool.clone(),
@@ -176,59 +163,215 @@ async fn payloads_over_the_threshold_travel_as_claim_checks_and_arrive_whole() {
     .unwrap();
     let relay = tokio::spawn(relay.run(stop.clone()));
     let records = consume_all(&s.stack, &s.topic, events.len(), WAIT, Duration::ZERO).await;
-    for (e, record) in events.iter().zip(&offloaded) {
-        let on_topic = records
-            .iter()
-            .find(|m| header(m, "event-id") == Some(e.event_id().to_string()))
-            .expect("published");
-        let value = on_topic.payload().unwrap();
-        if e.payload().len() <= THRESHOLD {
-            assert_eq!(
-                value,
-                e.payload().as_bytes(),
-                "{}: inline, as written",
-                e.key()
-            );
-            assert_eq!(header(on_topic, headers::LOCATION), None);
-        } else {
-            assert!(
-                value.len() < 512,
-                "{}: a small reference ({} bytes)",
-                e.key(),
-                value.len()
-            );
-            assert_eq!(value, record.payload().as_bytes());
-            let size = header(on_topic, headers::SIZE).unwrap();
-            assert_eq!(size, e.payload().len().to_string());
-            assert_eq!(
-                header(on_topic, headers::SHA256),
-                Some(sha(e.payload().as_bytes()))
-            );
-            assert_eq!(header(on_topic, headers::CODEC).as_deref(), Some("zstd"));
-            let location = header(on_topic, headers::LOCATION).unwrap();
-            assert!(
-                location.starts_with(&format!("s3://{}/{}", s.settings.bucket, s.settings.prefix))
-            );
-        }
-    }
     stop.cancel();
     relay.await.unwrap();
+    let ordered = events
+        .iter()
+        .map(|e| {
+            records
+                .iter()
+                .find(|m| header(m, "event-id") == Some(e.event_id().to_string()))
+                .expect("published")
+                .clone()
+        })
+        .collect();
+    (offloaded, ordered)
+}
 
-    consume(&s, s.claim_check.clone(), |processed, _| processed == 4).await;
-    for e in &events {
-        let (size, digest): (i64, String) =
-            sqlx::query_as("SELECT size, sha256 FROM seen WHERE event_id = $1")
-                .bind(e.event_id())
-                .fetch_one(&s.pool)
-                .await
-                .unwrap();
+/// What the consumer's handler recorded for `event`: `(size, sha256)` of the payload it saw.
+async fn seen(s: &Setup, event: &OutboxEvent) -> (usize, String) {
+    let (size, digest): (i64, String) =
+        sqlx::query_as("SELECT size, sha256 FROM seen WHERE event_id = $1")
+            .bind(event.event_id())
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+    (size as usize, digest)
+}
+
+/// Checks that `record` is a claim check for `original`, stored with `codec` under the
+/// setup's prefix, and returns the object's key.
+fn assert_reference(
+    s: &Setup,
+    original: &OutboxEvent,
+    record: &OwnedMessage,
+    codec: &str,
+) -> String {
+    let value = record.payload().unwrap();
+    assert!(
+        value.len() < 512,
+        "a small reference ({} bytes)",
+        value.len()
+    );
+    assert_eq!(
+        header(record, headers::SIZE),
+        Some(original.payload().len().to_string())
+    );
+    assert_eq!(
+        header(record, headers::SHA256),
+        Some(sha(original.payload().as_bytes()))
+    );
+    assert_eq!(header(record, headers::CODEC).as_deref(), Some(codec));
+    let location = header(record, headers::LOCATION).unwrap();
+    let prefix = format!("s3://{}/", s.settings.bucket);
+    let key = location.strip_prefix(&prefix).expect("in the bucket");
+    assert!(key.starts_with(&s.settings.prefix), "{location}");
+    key.to_owned()
+}
+
+#[tokio::test]
+async fn at_the_default_threshold_one_byte_more_is_offloaded_and_all_arrive_whole() {
+    let s = setup().await;
+    // The policy services run with: 256 KiB.
+    let claim_check = ClaimCheck::new(&s.settings, Policy::default());
+    let threshold = claim_check.policy().threshold;
+    assert_eq!(threshold, 256 * 1024);
+    let events = [
+        event_of_size(&s.topic, "under", threshold - 1),
+        event_of_size(&s.topic, "at", threshold),
+        event_of_size(&s.topic, "over", threshold + 1),
+    ];
+    let (offloaded, records) = offload_and_relay(&s, &claim_check, &events).await;
+    for ((e, out), record) in events.iter().zip(&offloaded).zip(&records).take(2) {
         assert_eq!(
-            size as usize,
-            e.payload().len(),
+            out.payload(),
+            e.payload(),
+            "{}: offload left it alone",
+            e.key()
+        );
+        assert_eq!(
+            record.payload(),
+            Some(e.payload().as_bytes()),
+            "{}: inline, byte for byte",
+            e.key()
+        );
+        for name in [
+            headers::LOCATION,
+            headers::SHA256,
+            headers::SIZE,
+            headers::CODEC,
+        ] {
+            assert_eq!(header(record, name), None, "{}: no {name}", e.key());
+        }
+    }
+    let key = assert_reference(&s, &events[2], &records[2], "zstd");
+    assert_eq!(
+        records[2].payload(),
+        Some(offloaded[2].payload().as_bytes())
+    );
+    assert!(key.ends_with(&events[2].event_id().to_string()), "{key}");
+
+    consume(&s, claim_check, |processed, _| processed == 3).await;
+    for e in &events {
+        assert_eq!(
+            seen(&s, e).await,
+            (e.payload().len(), sha(e.payload().as_bytes())),
             "{}: the handler saw it whole",
             e.key()
         );
-        assert_eq!(digest, sha(e.payload().as_bytes()));
+    }
+}
+
+/// A bulk order's JSON of at least `bytes` bytes, built as text (a `serde_json::Value` of
+/// 50 MB would hold several times that in memory); every line differs.
+fn bulk_payload(bytes: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(bytes + 128);
+    out.push_str("{\"lines\":[");
+    let mut i = 0u64;
+    while out.len() < bytes {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{{\"line\":{i},\"sku\":\"SKU-{:06}\",\"quantity\":{},\"unit_price_cents\":{}}}",
+            i % 50_000,
+            i % 7 + 1,
+            1000 + i % 997
+        );
+        i += 1;
+    }
+    out.push_str("]}");
+    out
+}
+
+#[tokio::test]
+async fn five_and_fifty_megabyte_payloads_cross_the_relay_and_the_consumer_byte_identical() {
+    let s = setup().await;
+    // 5 MB compressed (zstd, the default); 50 MB stored as it is, so that the full 50 MB go
+    // to MinIO and back. Both under the consumer's default cap (64 MiB).
+    let zstd = ClaimCheck::new(&s.settings, Policy::default());
+    let plain = ClaimCheck::new(
+        &s.settings,
+        Policy {
+            codec: Codec::None,
+            ..Policy::default()
+        },
+    );
+    let event = |key: &str, bytes: usize| {
+        OutboxEvent::json(&s.topic, "Order", key, "OrderPlaced", 1, &0)
+            .unwrap()
+            .with_payload(bulk_payload(bytes))
+    };
+    let five = event("five", 5_000_000);
+    let fifty = event("fifty", 50_000_000);
+    let started = std::time::Instant::now();
+    let (_, five_record) = offload_and_relay(&s, &zstd, std::slice::from_ref(&five)).await;
+    let (_, fifty_record) = offload_and_relay(&s, &plain, std::slice::from_ref(&fifty)).await;
+    let keys = [
+        assert_reference(&s, &five, &five_record[0], "zstd"),
+        assert_reference(&s, &fifty, &fifty_record[0], "none"),
+    ];
+    let client = s.settings.client();
+    let mut sizes = Vec::new();
+    for key in &keys {
+        let head = client
+            .head_object()
+            .bucket(&s.settings.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        sizes.push(head.content_length().unwrap());
+    }
+    let (five_stored, fifty_stored) = (sizes[0], sizes[1]);
+    assert!(
+        five_stored < 5_000_000 / 4,
+        "zstd: {five_stored} bytes stored"
+    );
+    assert_eq!(
+        fifty_stored as usize,
+        fifty.payload().len(),
+        "none: as it is"
+    );
+    let published = started.elapsed();
+
+    // Either claim check resolves both: the codec travels in the headers.
+    consume(&s, zstd, |processed, _| processed == 2).await;
+    for e in [&five, &fifty] {
+        let (size, digest) = seen(&s, e).await;
+        assert_eq!(size, e.payload().len(), "{}", e.key());
+        assert_eq!(
+            digest,
+            sha(e.payload().as_bytes()),
+            "{}: byte-identical",
+            e.key()
+        );
+    }
+    eprintln!(
+        "5 MB ({five_stored} bytes stored) and 50 MB ({fifty_stored} bytes stored): offloaded and \
+         relayed in {published:?}, consumed in {:?} more",
+        started.elapsed() - published
+    );
+    for key in keys {
+        client
+            .delete_object()
+            .bucket(&s.settings.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
     }
 }
 
@@ -407,4 +550,83 @@ async fn an_unreachable_store_fails_the_writer_and_is_retried_by_the_consumer() 
     handle.await.unwrap().unwrap();
     // The store is back: the same event is applied whole.
     consume(&s, s.claim_check.clone(), |processed, _| processed == 1).await;
+}
+
+#[tokio::test]
+async fn chunked_payloads_of_5_and_50_megabytes_and_at_the_threshold_arrive_whole() {
+    let s = setup().await;
+    let policy = Policy::default();
+    let large = eda_claim_check::LargePayloads::Chunk(eda_claim_check::Chunker::new(
+        policy.threshold,
+        eda_claim_check::Chunker::DEFAULT_CHUNK_BYTES,
+        policy.max_size,
+    ));
+    let event = |key: &str, bytes: usize| {
+        OutboxEvent::json(&s.topic, "Order", key, "OrderPlaced", 1, &0)
+            .unwrap()
+            .with_payload(bulk_payload(bytes))
+    };
+    let t = policy.threshold;
+    let events = [
+        event_of_size(&s.topic, "under", t - 1),
+        event_of_size(&s.topic, "at", t),
+        event_of_size(&s.topic, "over", t + 1),
+        event("five", 5_000_000),
+        event("fifty", 50_000_000),
+    ];
+    let mut rows = Vec::new();
+    for e in &events {
+        let prepared = large.prepare(e.clone()).await.unwrap();
+        let chunked = prepared.events()[0]
+            .headers()
+            .iter()
+            .any(|(k, _)| *k == eda_claim_check::chunk_headers::MESSAGE_ID);
+        assert_eq!(
+            chunked,
+            e.payload().len() > t,
+            "{}: chunked only over the threshold",
+            e.key()
+        );
+        let mut tx = s.pool.begin().await.unwrap();
+        prepared.enqueue(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+        rows.push(prepared.events().len());
+    }
+    // 512 KiB chunks: one byte over the threshold is a set of one chunk.
+    assert_eq!(rows, [1, 1, 1, 10, 96], "rows per event");
+    let stop = CancellationToken::new();
+    let relay = Relay::new(
+        s.pool.clone(),
+        kafka_config(&s.stack),
+        RelayConfig {
+            poll_interval: Duration::from_millis(200),
+            ..RelayConfig::default()
+        },
+    )
+    .unwrap();
+    let relay = tokio::spawn(relay.run(stop.clone()));
+    let started = std::time::Instant::now();
+    consume(&s, s.claim_check.clone(), |processed, _| processed == 5).await;
+    stop.cancel();
+    relay.await.unwrap();
+    for e in &events {
+        let (size, digest) = seen(&s, e).await;
+        assert_eq!(size, e.payload().len(), "{}", e.key());
+        assert_eq!(
+            digest,
+            sha(e.payload().as_bytes()),
+            "{}: byte-identical",
+            e.key()
+        );
+    }
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM chunk_parts")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "complete sets are deleted");
+    eprintln!(
+        "chunks: 55 MB in {} rows relayed and reassembled in {:?}",
+        rows.iter().sum::<usize>(),
+        started.elapsed()
+    );
 }

@@ -138,6 +138,34 @@ impl Event {
             .and_then(|(_, v)| v.as_deref())
     }
 
+    /// The whole message a completed chunk set makes: this (last) chunk's record with the
+    /// message's event id and payload.
+    pub(crate) fn reassembled(&self, message_id: Uuid, payload: Vec<u8>) -> Self {
+        let id = message_id.to_string();
+        Self {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.clone(),
+            payload,
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    let v = if k == "event-id" {
+                        Some(id.clone())
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            event_id: message_id,
+            event_type: self.event_type.clone(),
+            context: self.context.clone(),
+        }
+    }
+
     /// The `revision` header as a number, if present.
     pub fn revision(&self) -> Option<i64> {
         self.header("revision").and_then(|r| r.trim().parse().ok())

@@ -11,10 +11,13 @@
 //! - [`Consumer`] / [`ConsumerConfig`]: the runtime (dedupe, retries, dead letters, shutdown).
 //! - [`Handler`]: what a service implements; [`HandlerError`] says transient or permanent.
 //! - [`Dedupe`]: by event id (default) or by offsets kept in the database, or off (the pitfall).
+//! - [`chunk`]: large messages split into chunks by their producer, reassembled durably
+//!   ([`Chunking`]); claim-checked payloads are fetched by a [`PayloadResolver`].
 //! - [`revision`]: optimistic-locking helpers for aggregate revisions.
 //! - [`migrate`], [`prune_processed`]: schema and retention.
 //! - [`redrive`]: dead letters back to their topic, once fixed.
 
+pub mod chunk;
 mod event;
 mod metrics;
 mod redrive;
@@ -23,6 +26,7 @@ pub mod revision;
 mod runtime;
 mod tables;
 
+pub use chunk::Chunking;
 /// Context types, re-exported so a handler needs no second import.
 pub use eda_context::{EventContext, Propagation};
 pub use event::{DecodeError, Event};

@@ -55,6 +55,8 @@ pub struct ConsumerMetrics {
     pub(crate) retries: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) lag: AtomicU64,
+    pub(crate) chunks_stored: AtomicU64,
+    pub(crate) chunk_sets_expired: AtomicU64,
     stuck: Mutex<Option<Stuck>>,
 }
 
@@ -79,6 +81,14 @@ impl ConsumerMetrics {
     /// Records sent to a dead-letter topic.
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Ordering::Relaxed)
+    }
+    /// Chunks of large messages stored until their set is complete.
+    pub fn chunks_stored(&self) -> u64 {
+        self.chunks_stored.load(Ordering::Relaxed)
+    }
+    /// Incomplete chunk sets dead-lettered after the chunk timeout.
+    pub fn chunk_sets_expired(&self) -> u64 {
+        self.chunk_sets_expired.load(Ordering::Relaxed)
     }
     /// Messages behind the partitions' ends at the last check (sum over assigned partitions).
     pub fn lag(&self) -> u64 {
@@ -128,13 +138,15 @@ impl ConsumerMetrics {
         out
     }
 
-    fn snapshot(&self) -> [u64; 7] {
+    fn snapshot(&self) -> [u64; 9] {
         [
             self.processed(),
             self.duplicates(),
             self.stale(),
             self.retries(),
             self.dead_lettered(),
+            self.chunks_stored(),
+            self.chunk_sets_expired(),
             self.lag(),
             u64::from(self.stuck().is_some()),
         ]
@@ -143,7 +155,7 @@ impl ConsumerMetrics {
 
 /// Names, help and kinds of the consumer families, in [`ConsumerMetrics::snapshot`] order.
 /// Counter names get their `_total` suffix from the encoder.
-const FAMILIES: [(&str, &str, bool); 7] = [
+const FAMILIES: [(&str, &str, bool); 9] = [
     ("consumer_processed", "Events applied.", true),
     (
         "consumer_duplicates",
@@ -159,6 +171,16 @@ const FAMILIES: [(&str, &str, bool); 7] = [
     (
         "consumer_dead_lettered",
         "Records sent to the dead-letter topic.",
+        true,
+    ),
+    (
+        "consumer_chunks_stored",
+        "Chunks of large messages stored until their set is complete.",
+        true,
+    ),
+    (
+        "consumer_chunk_sets_expired",
+        "Incomplete chunk sets dead-lettered after the chunk timeout.",
         true,
     ),
     (
@@ -240,7 +262,7 @@ impl EncodeLabelValue for Escaped<'_> {
 
 /// Values read once per scrape, per group.
 #[derive(Debug)]
-struct Snapshots(Vec<(String, [u64; 7])>);
+struct Snapshots(Vec<(String, [u64; 9])>);
 
 impl Collector for Snapshots {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {

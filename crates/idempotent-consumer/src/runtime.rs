@@ -19,6 +19,7 @@ use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::chunk::{ChunkHeader, Chunking};
 use crate::event::Event;
 use crate::metrics::ConsumerMetrics;
 use crate::resolve::{CLAIM_CHECK_HEADER, PayloadResolver};
@@ -94,6 +95,9 @@ pub struct ConsumerConfig {
     /// A partition retrying one event for longer than this is reported stuck: an ERROR log
     /// line, the `consumer_stuck` gauge, and [`ConsumerMetrics::stuck`] (for `/readyz`).
     pub stuck_after: Duration,
+    /// Limits for reassembling chunked messages (records with `chunk-*` headers; see
+    /// [`crate::chunk`]).
+    pub chunking: Chunking,
 }
 
 impl ConsumerConfig {
@@ -113,6 +117,7 @@ impl ConsumerConfig {
             skip_stale: true,
             tables: ConsumerTables::default(),
             stuck_after: Duration::from_secs(60),
+            chunking: Chunking::default(),
         }
     }
 
@@ -196,6 +201,8 @@ enum Applied {
     Duplicate,
     /// Not newer than the aggregate's last applied revision.
     Stale,
+    /// A chunk stored; its set is not complete yet.
+    Part,
 }
 
 /// The runtime's SQL, written once for the configured table names.
@@ -207,14 +214,22 @@ struct Statements {
     record_processed: String,
     seen_revision: String,
     record_revision: String,
+    processed_exists: String,
+    store_part: String,
+    part_stats: String,
+    part_payload: String,
+    delete_parts: String,
+    parts_of: String,
+    expired_sets: String,
 }
 
 impl Statements {
     fn new(t: &ConsumerTables) -> Self {
-        let (processed, offsets, revisions) = (
+        let (processed, offsets, revisions, parts) = (
             t.processed_events(),
             t.consumer_offsets(),
             t.aggregate_revisions(),
+            t.chunk_parts(),
         );
         let stored_offset = format!(
             "SELECT next_offset FROM {offsets} WHERE consumer_group = $1 AND topic = $2 AND \"partition\" = $3"
@@ -238,6 +253,32 @@ impl Statements {
                 "INSERT INTO {revisions} (consumer_group, aggregate_type, aggregate_id, revision) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (consumer_group, aggregate_type, aggregate_id) \
                  DO UPDATE SET revision = GREATEST({revisions}.revision, EXCLUDED.revision), updated_at = now()"
+            ),
+            processed_exists: format!(
+                "SELECT EXISTS (SELECT 1 FROM {processed} WHERE consumer_group = $1 AND event_id = $2)"
+            ),
+            store_part: format!(
+                "INSERT INTO {parts} (consumer_group, message_id, chunk_index, chunk_count, total_size, sha256, \
+                 topic, \"partition\", \"offset\", record_key, headers, payload) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12) ON CONFLICT DO NOTHING"
+            ),
+            part_stats: format!(
+                "SELECT chunk_count, total_size, sha256, count(*), sum(octet_length(payload))::bigint FROM {parts} \
+                 WHERE consumer_group = $1 AND message_id = $2 GROUP BY chunk_count, total_size, sha256"
+            ),
+            part_payload: format!(
+                "SELECT payload FROM {parts} WHERE consumer_group = $1 AND message_id = $2 AND chunk_index = $3"
+            ),
+            delete_parts: format!(
+                "DELETE FROM {parts} WHERE consumer_group = $1 AND message_id = $2"
+            ),
+            parts_of: format!(
+                "SELECT topic, \"partition\", \"offset\", record_key, headers::text, payload \
+                 FROM {parts} WHERE consumer_group = $1 AND message_id = $2 ORDER BY chunk_index"
+            ),
+            expired_sets: format!(
+                "SELECT message_id, count(*), min(chunk_count) FROM {parts} WHERE consumer_group = $1 GROUP BY message_id \
+                 HAVING min(received_at) < now() - make_interval(secs => $2) LIMIT 100"
             ),
         }
     }
@@ -387,6 +428,7 @@ impl<H: Handler> Consumer<H> {
                 }
             })
         });
+        let sweeper = tokio::spawn(self.sweeper(dlq.clone()).run(shutdown.clone()));
         tracing::info!(group = %self.config.group_id, topics = ?self.config.topics, dedupe = ?self.config.dedupe, "consumer started");
 
         loop {
@@ -431,6 +473,8 @@ impl<H: Handler> Consumer<H> {
         if let Some(pruner) = pruner {
             pruner.abort();
         }
+        // It stops at the shutdown signal; a set it was dead-lettering rolls back whole.
+        let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
         tracing::info!(group = %self.config.group_id, "consumer stopped");
         Ok(())
     }
@@ -585,11 +629,22 @@ impl<H: Handler> Consumer<H> {
             tracing::field::display(event.event_id),
         );
         span.record("event.type", event.event_type.as_str());
+        let mut unresolved = event.header(CLAIM_CHECK_HEADER).is_some();
+        let chunk = match self.chunk_of(&event, unresolved) {
+            Ok(chunk) => chunk,
+            Err(reason) => {
+                return (
+                    self.dead_letter(message, &reason, dlq, shutdown).await,
+                    "dead-lettered",
+                );
+            }
+        };
         let mut backoff = self.config.backoff_initial;
         let first_failure = std::time::Instant::now();
-        let mut unresolved = event.header(CLAIM_CHECK_HEADER).is_some();
         let result = loop {
-            let attempt = if unresolved {
+            let attempt = if let Some(chunk) = &chunk {
+                self.apply_chunk(&event, chunk).await
+            } else if unresolved {
                 match self.resolve(&event).await {
                     Ok(payload) => {
                         event.payload = payload;
@@ -617,7 +672,23 @@ impl<H: Handler> Consumer<H> {
                     tracing::info!(event.id = %event.event_id, event.type = %event.event_type, revision = event.revision(), "stale event skipped: its aggregate has a newer revision applied");
                     break (Outcome::Done, "stale");
                 }
+                Ok(Applied::Part) => {
+                    self.metrics.chunks_stored.fetch_add(1, Ordering::Relaxed);
+                    if let Some(chunk) = &chunk {
+                        tracing::info!(event.id = %event.event_id, event.type = %event.event_type, chunk.message_id = %chunk.message_id, chunk.index = chunk.index, chunk.count = chunk.count, "chunk stored; its set is not complete yet");
+                    }
+                    break (Outcome::Done, "chunk-stored");
+                }
                 Err(HandlerError::Permanent(reason)) => {
+                    // A chunked message is poison as a whole: its stored chunks go first, so
+                    // the dead-letter topic holds the complete set for a redrive.
+                    if let Some(chunk) = &chunk
+                        && let Outcome::Abandoned = self
+                            .dead_letter_chunks(chunk.message_id, &reason, dlq, shutdown)
+                            .await
+                    {
+                        break (Outcome::Abandoned, "abandoned");
+                    }
                     break (
                         self.dead_letter(message, &reason, dlq, shutdown).await,
                         "dead-lettered",
@@ -679,6 +750,219 @@ impl<H: Handler> Consumer<H> {
     /// One attempt: dedupe record + revision guard + handler (+ offset row) in one transaction.
     async fn apply(&self, event: &Event) -> Result<Applied, HandlerError> {
         let mut tx = self.pool.begin().await?;
+        let applied = self.apply_in(&mut tx, event).await?;
+        if let Applied::Duplicate = applied {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(applied)
+    }
+
+    /// The chunk headers of a record, if it is a chunk; an error is the dead letter's reason.
+    fn chunk_of(&self, event: &Event, claim_checked: bool) -> Result<Option<ChunkHeader>, String> {
+        if event.header(crate::chunk::headers::MESSAGE_ID).is_none() {
+            return Ok(None);
+        }
+        if claim_checked {
+            return Err(format!(
+                "the record is both claim-checked ({CLAIM_CHECK_HEADER}) and a chunk ({})",
+                crate::chunk::headers::MESSAGE_ID
+            ));
+        }
+        ChunkHeader::parse(
+            |name| event.header(name),
+            event.payload.len(),
+            &self.config.chunking,
+        )
+        .map(Some)
+    }
+
+    /// One attempt at a chunk: store it with the offset/dedupe records; when it completes its
+    /// set, reassemble, check, apply the whole message and delete the set, all in one
+    /// transaction. Serialised per message with the expiry sweep (an advisory lock).
+    async fn apply_chunk(
+        &self,
+        event: &Event,
+        chunk: &ChunkHeader,
+    ) -> Result<Applied, HandlerError> {
+        let group = &self.config.group_id;
+        let mut tx = self.pool.begin().await?;
+        lock_chunk_set(&mut tx, group, chunk.message_id).await?;
+        let duplicate = match self.config.dedupe {
+            // The whole message was applied already (its record outlives the chunk set).
+            Dedupe::EventId => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.processed_exists.as_str()))
+                    .bind(group)
+                    .bind(chunk.message_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+            Dedupe::Offsets => {
+                let next: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(
+                    self.sql.stored_offset_for_update.as_str(),
+                ))
+                .bind(group)
+                .bind(&event.topic)
+                .bind(event.partition)
+                .fetch_optional(&mut *tx)
+                .await?;
+                next.is_some_and(|next| event.offset < next)
+            }
+            Dedupe::Off => false,
+        };
+        if duplicate {
+            tx.rollback().await?;
+            return Ok(Applied::Duplicate);
+        }
+        let headers = serde_json::to_string(&event.headers)
+            .map_err(|err| HandlerError::Permanent(format!("headers not storable: {err}")))?;
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(self.sql.store_part.as_str()))
+            .bind(group)
+            .bind(chunk.message_id)
+            .bind(chunk.index as i32)
+            .bind(chunk.count as i32)
+            .bind(chunk.total_size as i64)
+            .bind(&chunk.sha256)
+            .bind(&event.topic)
+            .bind(event.partition)
+            .bind(event.offset)
+            .bind(event.key.as_deref().map(str::as_bytes))
+            .bind(headers)
+            .bind(event.payload.as_slice())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let sets: Vec<(i32, i64, String, i64, i64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(self.sql.part_stats.as_str()))
+                .bind(group)
+                .bind(chunk.message_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let [(count, size, sha256, stored, bytes)] = sets.as_slice() else {
+            return Err(HandlerError::Permanent(format!(
+                "the chunks of message {} disagree on their count, size or checksum",
+                chunk.message_id
+            )));
+        };
+        if *stored < i64::from(*count) {
+            if inserted == 0 && self.config.dedupe != Dedupe::Offsets {
+                tx.rollback().await?;
+                return Ok(Applied::Duplicate);
+            }
+            self.store_offset(&mut tx, event).await?;
+            tx.commit().await?;
+            return Ok(if inserted == 0 {
+                Applied::Duplicate
+            } else {
+                Applied::Part
+            });
+        }
+        if *bytes != *size {
+            return Err(HandlerError::Permanent(format!(
+                "the {count} chunks of message {} hold {bytes} bytes; the set announces {size}",
+                chunk.message_id
+            )));
+        }
+        // At most `max_message_size` bytes (checked at the first chunk), read chunk by chunk.
+        let mut payload = Vec::with_capacity(usize::try_from(*size).unwrap_or(0));
+        for index in 0..*count {
+            let part: Vec<u8> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.part_payload.as_str()))
+                    .bind(group)
+                    .bind(chunk.message_id)
+                    .bind(index)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            payload.extend_from_slice(&part);
+        }
+        // Hashing megabytes is CPU work: off the async threads.
+        let (payload, got) = tokio::task::spawn_blocking(move || {
+            let got = crate::chunk::sha256_hex(&payload);
+            (payload, got)
+        })
+        .await
+        .map_err(|err| HandlerError::Transient(Box::new(err)))?;
+        if got != *sha256 {
+            return Err(HandlerError::Permanent(format!(
+                "reassembled message {} has sha256 {got}; its chunks announce {sha256}",
+                chunk.message_id
+            )));
+        }
+        let whole = event.reassembled(chunk.message_id, payload);
+        let applied = self.apply_in(&mut tx, &whole).await?;
+        if let Applied::Duplicate = applied {
+            tx.rollback().await?;
+            return Ok(applied);
+        }
+        sqlx::query(sqlx::AssertSqlSafe(self.sql.delete_parts.as_str()))
+            .bind(group)
+            .bind(chunk.message_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// Offsets mode: the partition's next offset, in the transaction.
+    async fn store_offset(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        if self.config.dedupe == Dedupe::Offsets {
+            sqlx::query(sqlx::AssertSqlSafe(self.sql.store_offset.as_str()))
+                .bind(&self.config.group_id)
+                .bind(&event.topic)
+                .bind(event.partition)
+                .bind(event.offset + 1)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends every stored chunk of `message_id` to its dead-letter topic with `reason`, then
+    /// deletes them. Retries until Kafka and the database take it (or shutdown).
+    async fn dead_letter_chunks(
+        &self,
+        message_id: uuid::Uuid,
+        reason: &str,
+        dlq: &FutureProducer,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let sweeper = self.sweeper(dlq.clone());
+        let mut backoff = self.config.backoff_initial;
+        loop {
+            match sweeper.dead_letter_set(message_id, reason, shutdown).await {
+                Ok(outcome) => return outcome,
+                Err(err) => {
+                    tracing::error!(chunk.message_id = %message_id, error = %err, "cannot dead-letter the stored chunks; retrying");
+                    if sleep_or_cancel(backoff, shutdown).await {
+                        return Outcome::Abandoned;
+                    }
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+    }
+
+    fn sweeper(&self, dlq: FutureProducer) -> ChunkSweeper {
+        ChunkSweeper {
+            pool: self.pool.clone(),
+            group: self.config.group_id.clone(),
+            parts_of: self.sql.parts_of.clone(),
+            delete_parts: self.sql.delete_parts.clone(),
+            expired_sets: self.sql.expired_sets.clone(),
+            timeout: self.config.chunking.timeout,
+            dlq,
+            metrics: Arc::clone(&self.metrics),
+            backoff: (self.config.backoff_initial, self.config.backoff_max),
+        }
+    }
+
+    /// The body of one attempt, inside `tx`; the caller commits, or rolls back a duplicate.
+    async fn apply_in(
+        &self,
+        tx: &mut PgConnection,
+        event: &Event,
+    ) -> Result<Applied, HandlerError> {
         match self.config.dedupe {
             Dedupe::EventId => {
                 let inserted = sqlx::query(sqlx::AssertSqlSafe(self.sql.record_processed.as_str()))
@@ -691,7 +975,6 @@ impl<H: Handler> Consumer<H> {
                     .await?
                     .rows_affected();
                 if inserted == 0 {
-                    tx.rollback().await?;
                     return Ok(Applied::Duplicate);
                 }
             }
@@ -705,7 +988,6 @@ impl<H: Handler> Consumer<H> {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if next.is_some_and(|next| event.offset < next) {
-                    tx.rollback().await?;
                     return Ok(Applied::Duplicate);
                 }
             }
@@ -732,7 +1014,7 @@ impl<H: Handler> Consumer<H> {
         if stale {
             // Skipped, but recorded as handled: the dedupe/offset records commit below.
         } else {
-            self.handler.handle(event, &mut tx).await?;
+            self.handler.handle(event, &mut *tx).await?;
             if let Some((kind, id, revision)) = &guard {
                 sqlx::query(sqlx::AssertSqlSafe(self.sql.record_revision.as_str()))
                     .bind(&self.config.group_id)
@@ -743,16 +1025,7 @@ impl<H: Handler> Consumer<H> {
                     .await?;
             }
         }
-        if self.config.dedupe == Dedupe::Offsets {
-            sqlx::query(sqlx::AssertSqlSafe(self.sql.store_offset.as_str()))
-                .bind(&self.config.group_id)
-                .bind(&event.topic)
-                .bind(event.partition)
-                .bind(event.offset + 1)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        self.store_offset(tx, event).await?;
         Ok(if stale { Applied::Stale } else { Applied::Yes })
     }
 
@@ -765,61 +1038,27 @@ impl<H: Handler> Consumer<H> {
         dlq: &FutureProducer,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        let topic = format!("{}.dlq", message.topic());
-        tracing::warn!(dlq = %topic, reason, "dead-lettering a record");
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for h in original.iter() {
-                headers = headers.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-        let (partition, offset, failed_at) = (
-            message.partition().to_string(),
-            message.offset().to_string(),
-            chrono::Utc::now().to_rfc3339(),
-        );
-        for (key, value) in [
-            ("dlq-reason", reason),
-            ("dlq-original-topic", message.topic()),
-            ("dlq-original-partition", partition.as_str()),
-            ("dlq-original-offset", offset.as_str()),
-            ("dlq-consumer-group", self.config.group_id.as_str()),
-            ("dlq-failed-at", failed_at.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        let mut backoff = self.config.backoff_initial;
-        loop {
-            let mut record = FutureRecord::to(&topic).headers(headers.clone());
-            if let Some(key) = message.key() {
-                record = record.key(key);
-            }
-            if let Some(payload) = message.payload() {
-                record = record.payload(payload);
-            }
-            match dlq
-                .send(record, Timeout::After(Duration::from_secs(30)))
-                .await
-            {
-                Ok(_) => {
-                    self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    return Outcome::Done;
-                }
-                Err((err, _)) => {
-                    tracing::error!(dlq = %topic, error = %err, "cannot write the dead letter; retrying");
-                    if sleep_or_cancel(backoff, shutdown).await {
-                        return Outcome::Abandoned;
-                    }
-                    backoff = (backoff * 2).min(self.config.backoff_max);
-                }
-            }
-        }
+        let letter = Letter {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            payload: message.payload(),
+            headers: message
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                .unwrap_or_default(),
+        };
+        send_letter(
+            dlq,
+            &letter,
+            reason,
+            &self.config.group_id,
+            &self.metrics,
+            (self.config.backoff_initial, self.config.backoff_max),
+            shutdown,
+        )
+        .await
     }
 
     /// Updates the lag gauge off the async threads (watermark queries block).
@@ -847,6 +1086,212 @@ impl<H: Handler> Consumer<H> {
             }
             running.store(false, Ordering::Release);
         });
+    }
+}
+
+/// One record for a dead-letter topic: a consumed record, or a stored chunk.
+struct Letter<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+/// Sends `letter` to `<topic>.dlq` with its original headers plus the `dlq-*` ones, retrying
+/// until Kafka takes it (or shutdown: [`Outcome::Abandoned`]).
+async fn send_letter(
+    dlq: &FutureProducer,
+    letter: &Letter<'_>,
+    reason: &str,
+    group: &str,
+    metrics: &ConsumerMetrics,
+    (backoff_initial, backoff_max): (Duration, Duration),
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let topic = format!("{}.dlq", letter.topic);
+    tracing::warn!(dlq = %topic, reason, "dead-lettering a record");
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in &letter.headers {
+        headers = headers.insert(Header { key, value: *value });
+    }
+    let (partition, offset, failed_at) = (
+        letter.partition.to_string(),
+        letter.offset.to_string(),
+        chrono::Utc::now().to_rfc3339(),
+    );
+    for (key, value) in [
+        ("dlq-reason", reason),
+        ("dlq-original-topic", letter.topic),
+        ("dlq-original-partition", partition.as_str()),
+        ("dlq-original-offset", offset.as_str()),
+        ("dlq-consumer-group", group),
+        ("dlq-failed-at", failed_at.as_str()),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    let mut backoff = backoff_initial;
+    loop {
+        let mut record = FutureRecord::to(&topic).headers(headers.clone());
+        if let Some(key) = letter.key {
+            record = record.key(key);
+        }
+        if let Some(payload) = letter.payload {
+            record = record.payload(payload);
+        }
+        match dlq
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+        {
+            Ok(_) => {
+                metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                return Outcome::Done;
+            }
+            Err((err, _)) => {
+                tracing::error!(dlq = %topic, error = %err, "cannot write the dead letter; retrying");
+                if sleep_or_cancel(backoff, shutdown).await {
+                    return Outcome::Abandoned;
+                }
+                backoff = (backoff * 2).min(backoff_max);
+            }
+        }
+    }
+}
+
+/// Serialises the transactions that touch one chunk set (storing a chunk, completing the set,
+/// expiring it) for the length of the caller's transaction.
+async fn lock_chunk_set(
+    tx: &mut PgConnection,
+    group: &str,
+    message_id: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("eda-chunk/{group}/{message_id}"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Dead-letters chunk sets: incomplete ones past the chunk timeout (a background task of
+/// [`Consumer::run`]), and sets whose message turned out to be poison.
+struct ChunkSweeper {
+    pool: PgPool,
+    group: String,
+    parts_of: String,
+    delete_parts: String,
+    expired_sets: String,
+    timeout: Duration,
+    dlq: FutureProducer,
+    metrics: Arc<ConsumerMetrics>,
+    backoff: (Duration, Duration),
+}
+
+impl ChunkSweeper {
+    /// Every `timeout / 4` (at most a minute), until shutdown.
+    async fn run(self, shutdown: CancellationToken) {
+        let every = (self.timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+        loop {
+            if sleep_or_cancel(every, &shutdown).await {
+                return;
+            }
+            match self.sweep(&shutdown).await {
+                Ok(0) => {}
+                Ok(sets) => {
+                    tracing::warn!(
+                        sets,
+                        "incomplete chunk sets dead-lettered after the chunk timeout"
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "expiring incomplete chunk sets failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// Dead-letters the incomplete sets whose first chunk is older than the timeout.
+    async fn sweep(&self, shutdown: &CancellationToken) -> Result<u64, sqlx::Error> {
+        let expired: Vec<(uuid::Uuid, i64, i32)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(self.expired_sets.as_str()))
+                .bind(&self.group)
+                .bind(self.timeout.as_secs_f64())
+                .fetch_all(&self.pool)
+                .await?;
+        let mut done = 0;
+        for (message_id, stored, count) in expired {
+            let reason = format!(
+                "incomplete chunk set: {stored} of {count} chunks of message {message_id} arrived; \
+                 the rest did not come within the chunk timeout ({} s)",
+                self.timeout.as_secs()
+            );
+            if let Outcome::Abandoned = self.dead_letter_set(message_id, &reason, shutdown).await? {
+                break;
+            }
+            self.metrics
+                .chunk_sets_expired
+                .fetch_add(1, Ordering::Relaxed);
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Sends every stored chunk of `message_id` to the dead-letter topic, then deletes them, in
+    /// one transaction holding the set's lock (a chunk arriving meanwhile waits, then starts a
+    /// new set).
+    async fn dead_letter_set(
+        &self,
+        message_id: uuid::Uuid,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Outcome, sqlx::Error> {
+        type Part = (String, i32, i64, Option<Vec<u8>>, String, Vec<u8>);
+        let mut tx = self.pool.begin().await?;
+        lock_chunk_set(&mut tx, &self.group, message_id).await?;
+        let parts: Vec<Part> = sqlx::query_as(sqlx::AssertSqlSafe(self.parts_of.as_str()))
+            .bind(&self.group)
+            .bind(message_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (topic, partition, offset, key, headers, payload) in &parts {
+            let headers: Vec<(String, Option<String>)> =
+                serde_json::from_str(headers).unwrap_or_default();
+            let letter = Letter {
+                topic,
+                partition: *partition,
+                offset: *offset,
+                key: key.as_deref(),
+                payload: Some(payload),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_deref().map(str::as_bytes)))
+                    .collect(),
+            };
+            let outcome = send_letter(
+                &self.dlq,
+                &letter,
+                reason,
+                &self.group,
+                &self.metrics,
+                self.backoff,
+                shutdown,
+            )
+            .await;
+            if let Outcome::Abandoned = outcome {
+                tx.rollback().await?;
+                return Ok(Outcome::Abandoned);
+            }
+        }
+        sqlx::query(sqlx::AssertSqlSafe(self.delete_parts.as_str()))
+            .bind(&self.group)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Outcome::Done)
     }
 }
 

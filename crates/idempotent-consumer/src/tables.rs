@@ -1,5 +1,5 @@
-//! The names of the runtime's tables: `processed_events`, `consumer_offsets` and
-//! `aggregate_revisions` unless the service chooses others.
+//! The names of the runtime's tables: `processed_events`, `consumer_offsets`,
+//! `aggregate_revisions` and `chunk_parts` unless the service chooses others.
 
 use std::borrow::Cow;
 
@@ -21,6 +21,7 @@ pub struct ConsumerTables {
     processed_events: String,
     consumer_offsets: String,
     aggregate_revisions: String,
+    chunk_parts: String,
 }
 
 impl Default for ConsumerTables {
@@ -29,22 +30,25 @@ impl Default for ConsumerTables {
             processed_events: "processed_events".to_owned(),
             consumer_offsets: "consumer_offsets".to_owned(),
             aggregate_revisions: "aggregate_revisions".to_owned(),
+            chunk_parts: "chunk_parts".to_owned(),
         }
     }
 }
 
 impl ConsumerTables {
-    /// The same three tables with `prefix` before each default name (`billing_` gives
-    /// `billing_processed_events`, ...).
+    /// The same tables with `prefix` before each default name (`billing_` gives
+    /// `billing_processed_events`, ..., `billing_chunk_parts`).
     pub fn prefixed(prefix: &str) -> Result<Self, Error> {
         Self::named(
             &format!("{prefix}processed_events"),
             &format!("{prefix}consumer_offsets"),
             &format!("{prefix}aggregate_revisions"),
-        )
+        )?
+        .with_chunk_parts(&format!("{prefix}chunk_parts"))
     }
 
-    /// Names of your choosing.
+    /// Names of your choosing; the chunk table is `<processed_events>_chunks` unless set with
+    /// [`with_chunk_parts`](Self::with_chunk_parts).
     pub fn named(
         processed_events: &str,
         consumer_offsets: &str,
@@ -61,7 +65,19 @@ impl ConsumerTables {
             processed_events: processed_events.to_owned(),
             consumer_offsets: consumer_offsets.to_owned(),
             aggregate_revisions: aggregate_revisions.to_owned(),
+            chunk_parts: format!("{processed_events}_chunks"),
         })
+    }
+
+    /// The same tables with the chunk table named `chunk_parts`.
+    pub fn with_chunk_parts(mut self, chunk_parts: &str) -> Result<Self, Error> {
+        if !is_identifier(chunk_parts, 48) {
+            return Err(Error::Config(format!(
+                "table name {chunk_parts:?} must be 1-48 characters of a-z, 0-9 and _, not starting with a digit"
+            )));
+        }
+        chunk_parts.clone_into(&mut self.chunk_parts);
+        Ok(self)
     }
 
     /// One row per applied event id (`Dedupe::EventId`).
@@ -77,6 +93,11 @@ impl ConsumerTables {
     /// The last applied revision per aggregate (the revision guard).
     pub fn aggregate_revisions(&self) -> &str {
         &self.aggregate_revisions
+    }
+
+    /// Chunks of large messages until their set is complete (chunked records).
+    pub fn chunk_parts(&self) -> &str {
+        &self.chunk_parts
     }
 
     /// Where these tables' migrations are recorded: [`MIGRATIONS_TABLE`] for the defaults,
@@ -99,6 +120,7 @@ impl ConsumerTables {
                     (&defaults.processed_events, &self.processed_events),
                     (&defaults.consumer_offsets, &self.consumer_offsets),
                     (&defaults.aggregate_revisions, &self.aggregate_revisions),
+                    (&defaults.chunk_parts, &self.chunk_parts),
                 ] {
                     sql = rename_identifiers(&sql, from, to);
                 }
@@ -211,6 +233,10 @@ mod tests {
         assert!(sql.contains("billing_processed_events_processed_at_idx"));
         assert!(sql.contains("CREATE TABLE billing_aggregate_revisions"));
         assert!(!sql.contains("CREATE TABLE processed_events"));
+        assert!(sql.contains("CREATE TABLE billing_chunk_parts"));
+        assert!(sql.contains("billing_chunk_parts_received_at_idx"));
+        let named = ConsumerTables::named("a_seen", "a_offsets", "a_revisions").unwrap();
+        assert_eq!(named.chunk_parts(), "a_seen_chunks");
         assert!(ConsumerTables::prefixed("Bad-").is_err());
     }
 }

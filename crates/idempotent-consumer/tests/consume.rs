@@ -20,6 +20,9 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+#[path = "consume/chunks.rs"]
+mod chunks;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Reserves `qty` of SKU-1 per `Reserve` event; fails transiently `fail_first` times first.
@@ -140,10 +143,12 @@ impl Running {
         while !done(&self.metrics) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "consumer did not get there: processed {} duplicates {} dead {}",
+                "consumer did not get there: processed {} duplicates {} dead {} retries {} chunks {}",
                 self.metrics.processed(),
                 self.metrics.duplicates(),
-                self.metrics.dead_lettered()
+                self.metrics.dead_lettered(),
+                self.metrics.retries(),
+                self.metrics.chunks_stored()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

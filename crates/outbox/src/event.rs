@@ -151,6 +151,14 @@ impl OutboxEvent {
         self
     }
 
+    /// The same event under another event id: what a chunker does, since every outbox row
+    /// (every chunk of a large payload) needs its own id; the chunks name the whole message's
+    /// id in their `chunk-message-id` header.
+    pub fn with_event_id(mut self, event_id: Uuid) -> Self {
+        self.event_id = event_id;
+        self
+    }
+
     /// The aggregate type (header `aggregate-type`).
     pub fn aggregate_type(&self) -> &str {
         &self.aggregate_type

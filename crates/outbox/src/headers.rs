@@ -28,9 +28,14 @@ pub const CONTRACT_HEADERS: &[(&str, &str, bool)] = &[
     ("claim-check-sha256", "claim_check_sha256", false),
     ("claim-check-size", "claim_check_size", false),
     ("claim-check-codec", "claim_check_codec", false),
+    ("chunk-message-id", "chunk_message_id", false),
+    ("chunk-index", "chunk_index", false),
+    ("chunk-count", "chunk_count", false),
+    ("chunk-size", "chunk_size", false),
+    ("chunk-sha256", "chunk_sha256", false),
 ];
 
-/// Optional headers a caller may set on an event (context and claim-check fields).
+/// Optional headers a caller may set on an event (context, claim-check and chunk fields).
 pub fn optional_column(header: &str) -> Option<&'static str> {
     CONTRACT_HEADERS
         .iter()

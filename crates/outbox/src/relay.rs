@@ -92,6 +92,11 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("linger.ms", "5"),
     // How long one delivery may take before the batch counts as failed and is retried.
     ("message.timeout.ms", "30000"),
+    // The largest record, as the Java producer has it (`max.request.size`, 1 MiB): librdkafka's
+    // own default (1,000,000) would park rows of 1,000,001-1,048,576 bytes that Debezium's Kafka
+    // Connect producer publishes, so the two relays would disagree on what is too large. The
+    // broker's default limit (1,048,588 per batch) stays the final word.
+    ("message.max.bytes", "1048576"),
 ];
 
 /// Applies [`PRODUCER_GUARANTEES`] and [`PRODUCER_DEFAULTS`] to `kafka`: a guarantee the caller

@@ -369,7 +369,7 @@ async fn a_table_of_the_services_choosing_is_migrated_filled_published_and_clean
 #[tokio::test]
 async fn a_record_kafka_refuses_is_parked_its_key_waits_and_the_others_flow() {
     let (stack, _db, pool, topic) = setup().await;
-    // 2 MB: over the producer's 1,000,000-byte message.max.bytes, refused before sending.
+    // 2 MB: over the producer's 1,048,576-byte message.max.bytes, refused before sending.
     let huge =
         eda_outbox::OutboxEvent::json(&topic, "Order", "B", "OrderPlaced", 1, &"x".repeat(2 << 20))
             .unwrap();

@@ -41,6 +41,7 @@ impl Application {
         let mut base = ServiceBase::build(service, async |pool| {
             eda_outbox::migrate(pool).await?;
             eda_idempotent_consumer::migrate(pool).await?;
+            eda_claim_check::migrate(pool).await?;
             MIGRATOR.run(pool).await?;
             Ok(())
         })
@@ -84,10 +85,7 @@ impl Application {
             consumer_group: settings.consumer_group.as_str().into(),
             readiness: base.readiness.clone(),
             propagation: service.propagation,
-            claim_check: settings
-                .claim_check
-                .offload
-                .then(|| settings.claim_check.claim_check()),
+            large_payloads: settings.claim_check.large_payloads(Some(base.pool.clone())),
         };
         Ok(Self {
             base,
@@ -123,6 +121,16 @@ impl Application {
         base.workers.then();
         if let Some(relay) = relay {
             base.workers.spawn("outbox relay", |stop| relay.run(stop));
+        }
+        if let eda_claim_check::LargePayloads::ClaimCheck(claim_check) = &state.large_payloads {
+            // Deletes objects whose order never committed, and objects past the retention.
+            let janitor = eda_claim_check::Janitor::new(
+                claim_check.clone(),
+                state.pool.clone(),
+                eda_claim_check::JanitorConfig::default(),
+            );
+            base.workers
+                .spawn("claim-check janitor", |stop| janitor.run(stop));
         }
         if settings.relay_mode == RelayMode::Debezium {
             let (pool, retention) = (state.pool.clone(), settings.outbox_retention);

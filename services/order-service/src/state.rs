@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use eda_claim_check::ClaimCheck;
+use eda_claim_check::LargePayloads;
 use eda_context::Propagation;
 use eda_http::JwtSecret;
 use eda_http::health::Readiness;
@@ -36,8 +36,9 @@ pub struct AppState {
     pub readiness: Readiness,
     /// `PROPAGATION`: whether context goes into events and comes out of requests.
     pub propagation: Propagation,
-    /// `Some` with `CLAIM_CHECK=on`: large events are offloaded before they are enqueued.
-    pub claim_check: Option<ClaimCheck>,
+    /// `CLAIM_CHECK`: what happens to large events before they are enqueued (offloaded to
+    /// the object store, chunked, or left inline).
+    pub large_payloads: LargePayloads,
 }
 
 impl FromRef<AppState> for Readiness {

@@ -1,19 +1,21 @@
 //! Pitfall 4 through the saga: a B2B order of 50,000 lines makes an `OrderPlaced` of several
 //! megabytes. order-service offloads it to MinIO before the commit (the record on the topic is
 //! a small reference), inventory-service's consumer fetches and checks it, every line is
-//! reserved, and the stock arithmetic is exact. With the object store down, the order is
-//! refused with a 503 and nothing is written.
+//! reserved, and the stock arithmetic is exact. The same in chunks (`CLAIM_CHECK=chunk`), for
+//! places without object storage. With the object store down, the order is refused with a 503
+//! and nothing is written.
 
 use std::time::Duration;
 
-use eda_claim_check::headers;
+use eda_claim_check::{Mode, chunk_headers, headers};
 use eda_test_support::{Stack, consume_all, header};
 use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Running, metrics_text, order, set_stock, spawn_inventory, spawn_orders, spawn_orders_with,
-    stock, token, topics, wait_status,
+    Running, metrics_text, order, set_stock, spawn_inventory, spawn_orders_with, stock, token,
+    topics, wait_status,
 };
 
 const SKUS: usize = 50;
@@ -37,12 +39,13 @@ async fn post(c: &reqwest::Client, orders: &Running, body: &Value) -> (u16, Valu
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-#[tokio::test]
-async fn a_50000_line_order_travels_as_a_claim_check_and_reserves_every_line() {
+/// Places the bulk order with `mode`, waits for the saga to confirm it, checks the stock
+/// arithmetic, and returns the `OrderPlaced` records on the topic.
+async fn bulk_order_through_the_saga(mode: Mode) -> Vec<OwnedMessage> {
     let stack = Stack::from_env();
     let t = topics(&stack).await;
     let inv = spawn_inventory(&stack, &t, eda_idempotent_consumer::Dedupe::EventId).await;
-    let orders = spawn_orders(&stack, &t).await;
+    let orders = spawn_orders_with(&stack, &t, |s| s.claim_check.mode = mode).await;
     let c = reqwest::Client::new();
     for i in 0..SKUS {
         set_stock(&c, &inv, &format!("BULK-{i:02}"), 1500).await;
@@ -63,11 +66,9 @@ async fn a_50000_line_order_travels_as_a_claim_check_and_reserves_every_line() {
         assert_eq!(
             (s["available"].as_i64(), s["reserved"].as_i64()),
             (Some(500), Some(1000)),
-            "BULK-{i:02}: every line reserved exactly once"
+            "BULK-{i:02}: every line reserved exactly once ({mode:?})"
         );
     }
-
-    // On the topic: a small reference with the claim-check headers, not megabytes.
     let records = consume_all(
         &stack,
         &t.orders,
@@ -76,10 +77,20 @@ async fn a_50000_line_order_travels_as_a_claim_check_and_reserves_every_line() {
         Duration::ZERO,
     )
     .await;
-    let placed = records
-        .iter()
-        .find(|m| header(m, "event-type").as_deref() == Some("OrderPlaced"))
-        .expect("OrderPlaced published");
+    orders.stop().await;
+    inv.stop().await;
+    records
+        .into_iter()
+        .filter(|m| header(m, "event-type").as_deref() == Some("OrderPlaced"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_50000_line_order_travels_as_a_claim_check_and_reserves_every_line() {
+    let placed = bulk_order_through_the_saga(Mode::ClaimCheck).await;
+    // On the topic: one small reference with the claim-check headers, not megabytes.
+    assert_eq!(placed.len(), 1);
+    let placed = &placed[0];
     assert!(
         placed.payload().unwrap().len() < 1024,
         "{} bytes",
@@ -92,8 +103,35 @@ async fn a_50000_line_order_travels_as_a_claim_check_and_reserves_every_line() {
     );
     let size: usize = header(placed, headers::SIZE).unwrap().parse().unwrap();
     assert!(size > 2_000_000, "the payload it stands for: {size} bytes");
-    orders.stop().await;
-    inv.stop().await;
+}
+
+#[tokio::test]
+async fn a_50000_line_order_travels_in_chunks_and_reserves_every_line() {
+    let placed = bulk_order_through_the_saga(Mode::Chunk).await;
+    // On the topic: consecutive chunks of at most 512 KiB, same key and partition, one set.
+    assert!(placed.len() >= 4, "{} chunks", placed.len());
+    let whole: usize = placed.iter().map(|m| m.payload().unwrap().len()).sum();
+    let message_id = header(&placed[0], chunk_headers::MESSAGE_ID).expect("chunk headers");
+    for (i, m) in placed.iter().enumerate() {
+        assert!(m.payload().unwrap().len() <= 512 * 1024);
+        assert_eq!(m.key(), placed[0].key());
+        assert_eq!(m.partition(), placed[0].partition());
+        assert_eq!(header(m, chunk_headers::INDEX), Some(i.to_string()));
+        assert_eq!(
+            header(m, chunk_headers::COUNT),
+            Some(placed.len().to_string())
+        );
+        assert_eq!(header(m, chunk_headers::SIZE), Some(whole.to_string()));
+        assert_eq!(
+            header(m, chunk_headers::MESSAGE_ID).as_deref(),
+            Some(message_id.as_str())
+        );
+        assert_eq!(
+            header(m, headers::LOCATION),
+            None,
+            "no object store involved"
+        );
+    }
 }
 
 #[tokio::test]
@@ -132,12 +170,15 @@ async fn with_the_object_store_down_a_large_order_is_refused_and_nothing_is_writ
 #[tokio::test]
 async fn without_the_claim_check_the_bulk_order_is_parked_and_blocks_nobody_else() {
     // CLAIM_CHECK=off, the pitfall: the multi-megabyte OrderPlaced goes to Kafka as it is, and
-    // librdkafka refuses it before sending (over message.max.bytes, 1,000,000, checked against
+    // librdkafka refuses it before sending (over message.max.bytes, 1,048,576, checked against
     // the uncompressed size). The relay parks it; every other order keeps flowing.
     let stack = Stack::from_env();
     let t = topics(&stack).await;
     let inv = spawn_inventory(&stack, &t, eda_idempotent_consumer::Dedupe::EventId).await;
-    let orders = spawn_orders_with(&stack, &t, |s| s.claim_check.offload = false).await;
+    let orders = spawn_orders_with(&stack, &t, |s| {
+        s.claim_check.mode = eda_claim_check::Mode::Off;
+    })
+    .await;
     let c = reqwest::Client::new();
     set_stock(&c, &inv, "SKU-1", 10).await;
 

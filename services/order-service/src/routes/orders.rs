@@ -133,9 +133,11 @@ async fn emit(
     Ok(None)
 }
 
-fn after_commit(state: &AppState, pending: Option<OutboxEvent>) {
-    if let (Some(direct), Some(event)) = (&state.direct, pending) {
-        direct.publish_after_commit(&event);
+fn after_commit(state: &AppState, pending: impl IntoIterator<Item = OutboxEvent>) {
+    if let Some(direct) = &state.direct {
+        for event in pending {
+            direct.publish_after_commit(&event);
+        }
     }
 }
 
@@ -182,19 +184,20 @@ async fn create_order(
         &context.with_user(&user.user_id),
         &placed,
     )?;
-    // A large event goes to the object store now, before any row is written: if the store is
-    // down the request fails (503) and nothing exists. (An object whose transaction then fails
-    // stays behind unreferenced: harmless, expired with the bucket's lifecycle.)
-    let placed = match &state.claim_check {
-        Some(claim_check) => claim_check.offload(placed).await.map_err(|err| match err {
+    // A large event goes to the object store (or into chunks) now, before any row is written:
+    // if the store is down the request fails (503) and nothing exists. An object whose
+    // transaction then fails is an orphan the janitor deletes.
+    let placed = state
+        .large_payloads
+        .prepare(placed)
+        .await
+        .map_err(|err| match err {
             eda_claim_check::Error::Unavailable(_) => {
                 tracing::warn!(error = %err, "claim-check store unavailable; order refused");
                 ApiError::Unavailable("the object store for large events is unavailable".to_owned())
             }
             eda_claim_check::Error::Refused(_) => ApiError::internal(err),
-        })?,
-        None => placed,
-    };
+        })?;
     let mut tx = state.pool.begin().await?;
     sqlx::query(
         "INSERT INTO orders (id, user_id, customer_name, customer_email, currency, status, total_cents, revision) \
@@ -252,7 +255,12 @@ async fn create_order(
             };
         }
     }
-    let pending = emit(&state, &mut tx, placed).await?;
+    // The uploaded object (if any) is referenced once this transaction commits.
+    placed.confirm(&mut tx).await.map_err(ApiError::internal)?;
+    let mut pending = Vec::new();
+    for event in placed.into_events() {
+        pending.extend(emit(&state, &mut tx, event).await?);
+    }
     tx.commit().await?;
     // Logged at once: the saga may run to its end before this handler returns.
     tracing::info!(
