@@ -7,13 +7,18 @@
 //! `common` holds what several share (scratch resources, the outbox backlog, reporting,
 //! telemetry), `counted` the consumer workload that `consumer` and `propagation` both run.
 
+mod codecs;
 mod common;
 mod consumer;
 mod counted;
 mod drain;
 mod http;
+mod large_latency;
+mod large_rss;
+mod large_throughput;
 mod latency;
 mod memory;
+mod payloads;
 mod propagation;
 
 use clap::Subcommand;
@@ -85,6 +90,68 @@ pub enum Bench {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         export: bool,
     },
+    /// Pitfall 4: librdkafka's compression codecs (lz4, zstd, snappy, gzip) on order JSON of
+    /// 10 KiB, 1 MiB and 5 MiB: ratio and CPU per MiB to compress and to decompress.
+    Codecs {
+        /// MiB of orders per size and codec.
+        #[arg(long, default_value_t = 50)]
+        megabytes: usize,
+    },
+    /// Pitfall 4: large events end to end (outbox, relay, Kafka, consumer runtime), events/s
+    /// and MiB/s, inline (topic limit raised) vs claim check vs chunking.
+    LargeThroughput {
+        /// Events of 5 MiB (0 skips the size).
+        #[arg(long, default_value_t = 50)]
+        events_5mb: usize,
+        /// Events of 1 MiB (0 skips the size).
+        #[arg(long, default_value_t = 200)]
+        events_1mb: usize,
+    },
+    /// Pitfall 4: latency of small events while large ones flow on the same topic: none,
+    /// inline, claim check, chunking.
+    LargeLatency {
+        /// Small events per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Duration of each mode's run.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Bytes of a small event.
+        #[arg(long, default_value_t = 1024)]
+        small_bytes: usize,
+        /// MiB of a large event.
+        #[arg(long, default_value_t = 5)]
+        large_megabytes: usize,
+        /// Large events per second.
+        #[arg(long, default_value_t = 1.0)]
+        large_rate: f64,
+    },
+    /// Pitfall 4: peak RSS of a consumer process (claim-check resolver; then chunks) on a few
+    /// very large payloads.
+    LargeRss {
+        /// Events.
+        #[arg(long, default_value_t = 3)]
+        events: usize,
+        /// MiB per payload.
+        #[arg(long, default_value_t = 50)]
+        megabytes: usize,
+    },
+    /// (internal) The consumer process of the large-rss benchmark.
+    #[command(hide = true)]
+    LargeRssConsumer {
+        /// Database of the consumer runtime's tables.
+        #[arg(long)]
+        database_url: String,
+        /// Topic to consume.
+        #[arg(long)]
+        topic: String,
+        /// Payloads to handle before reporting.
+        #[arg(long)]
+        events: usize,
+        /// Size of each payload.
+        #[arg(long)]
+        bytes: usize,
+    },
     /// (internal) A relay process for the memory benchmark.
     #[command(hide = true)]
     RelayProcess {
@@ -117,5 +184,33 @@ pub async fn run(what: Bench) -> Result<(), BoxError> {
             export,
         } => propagation::run(&stack, events, propagation, export).await,
         Bench::RelayProcess { database_url } => memory::relay_process(&stack, &database_url).await,
+        Bench::Codecs { megabytes } => codecs::run(&stack, megabytes).await,
+        Bench::LargeThroughput {
+            events_5mb,
+            events_1mb,
+        } => large_throughput::run(&stack, events_5mb, events_1mb).await,
+        Bench::LargeLatency {
+            rate,
+            seconds,
+            small_bytes,
+            large_megabytes,
+            large_rate,
+        } => {
+            let load = large_latency::Load {
+                rate,
+                seconds,
+                small_bytes,
+                large_bytes: large_megabytes * payloads::MIB,
+                large_rate,
+            };
+            large_latency::run(&stack, load).await
+        }
+        Bench::LargeRss { events, megabytes } => large_rss::run(&stack, events, megabytes).await,
+        Bench::LargeRssConsumer {
+            database_url,
+            topic,
+            events,
+            bytes,
+        } => large_rss::consumer_process(&stack, &database_url, &topic, events, bytes).await,
     }
 }
