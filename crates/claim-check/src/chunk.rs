@@ -130,6 +130,30 @@ mod tests {
         assert_eq!(Chunker::new(0, 4, 9).boundaries("abcdefgh").len(), 2);
     }
 
+    /// The consumer reads the names this crate writes (each crate keeps its own copy, so that
+    /// either can be copied out alone).
+    #[cfg(feature = "consumer")]
+    #[test]
+    fn header_names_match_the_consumers() {
+        use eda_idempotent_consumer::chunk::headers as consumer;
+        assert_eq!(
+            [
+                headers::MESSAGE_ID,
+                headers::INDEX,
+                headers::COUNT,
+                headers::SIZE,
+                headers::SHA256
+            ],
+            [
+                consumer::MESSAGE_ID,
+                consumer::INDEX,
+                consumer::COUNT,
+                consumer::SIZE,
+                consumer::SHA256
+            ]
+        );
+    }
+
     #[cfg(feature = "outbox")]
     #[test]
     fn split_keeps_small_events_and_chunks_large_ones_with_their_headers() {

@@ -28,21 +28,10 @@ impl LargePayloads {
                 uploads: Vec::new(),
             }),
             Self::ClaimCheck(claim_check) => {
-                let event = claim_check.offload(event).await?;
-                let headers = event.headers();
-                let header = |name: &str| {
-                    headers
-                        .iter()
-                        .find(|(k, _)| *k == name)
-                        .map(|(_, v)| v.as_str())
-                };
-                let uploads = match header(crate::headers::LOCATION) {
-                    Some(_) => vec![claim_check.reference(header)?],
-                    None => Vec::new(),
-                };
+                let (event, upload) = claim_check.offload_with_reference(event).await?;
                 Ok(Prepared {
                     events: vec![event],
-                    uploads,
+                    uploads: upload.into_iter().collect(),
                 })
             }
             Self::Chunk(chunker) => {

@@ -279,16 +279,26 @@ impl ClaimCheck {
     /// written (an object whose transaction then rolls back is an orphan, for a janitor).
     #[cfg(feature = "outbox")]
     pub async fn offload(&self, event: eda_outbox::OutboxEvent) -> Result<eda_outbox::OutboxEvent> {
+        Ok(self.offload_with_reference(event).await?.0)
+    }
+
+    /// [`offload`](Self::offload), also returning the stored object's reference (`None` when
+    /// the event stayed inline): what [`crate::confirm`] needs.
+    #[cfg(feature = "outbox")]
+    pub async fn offload_with_reference(
+        &self,
+        event: eda_outbox::OutboxEvent,
+    ) -> Result<(eda_outbox::OutboxEvent, Option<Reference>)> {
         if !self.offloads(event.payload().len()) {
-            return Ok(event);
+            return Ok((event, None));
         }
         let name = format!("{}/{}", event.topic(), event.event_id());
         let reference = self.store(&name, event.payload().as_bytes()).await?;
-        let value = reference.value();
-        event
-            .with_payload(value)
+        let event = event
+            .with_payload(reference.value())
             .with_headers(reference.headers())
-            .map_err(|err| Error::Refused(format!("cannot set the claim-check headers: {err}")))
+            .map_err(|err| Error::Refused(format!("cannot set the claim-check headers: {err}")))?;
+        Ok((event, Some(reference)))
     }
 }
 

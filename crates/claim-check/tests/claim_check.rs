@@ -151,17 +151,7 @@ async fn offload_and_relay(
         tx.commit().await.unwrap();
         offloaded.push(out);
     }
-    let stop = CancellationToken::new();
-    let relay = Relay::new(
-        s.pool.clone(),
-        kafka_config(&s.stack),
-        RelayConfig {
-            poll_interval: Duration::from_millis(200),
-            ..RelayConfig::default()
-        },
-    )
-    .unwrap();
-    let relay = tokio::spawn(relay.run(stop.clone()));
+    let (stop, relay) = start_relay(s);
     let records = consume_all(&s.stack, &s.topic, events.len(), WAIT, Duration::ZERO).await;
     stop.cancel();
     relay.await.unwrap();
@@ -176,6 +166,21 @@ async fn offload_and_relay(
         })
         .collect();
     (offloaded, ordered)
+}
+
+/// The in-process relay over the setup's outbox, until the token is cancelled.
+fn start_relay(s: &Setup) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let relay = Relay::new(
+        s.pool.clone(),
+        kafka_config(&s.stack),
+        RelayConfig {
+            poll_interval: Duration::from_millis(200),
+            ..RelayConfig::default()
+        },
+    )
+    .unwrap();
+    (stop.clone(), tokio::spawn(relay.run(stop)))
 }
 
 /// What the consumer's handler recorded for `event`: `(size, sha256)` of the payload it saw.
@@ -594,17 +599,7 @@ async fn chunked_payloads_of_5_and_50_megabytes_and_at_the_threshold_arrive_whol
     }
     // 512 KiB chunks: one byte over the threshold is a set of one chunk.
     assert_eq!(rows, [1, 1, 1, 10, 96], "rows per event");
-    let stop = CancellationToken::new();
-    let relay = Relay::new(
-        s.pool.clone(),
-        kafka_config(&s.stack),
-        RelayConfig {
-            poll_interval: Duration::from_millis(200),
-            ..RelayConfig::default()
-        },
-    )
-    .unwrap();
-    let relay = tokio::spawn(relay.run(stop.clone()));
+    let (stop, relay) = start_relay(&s);
     let started = std::time::Instant::now();
     consume(&s, s.claim_check.clone(), |processed, _| processed == 5).await;
     stop.cancel();

@@ -263,7 +263,7 @@ impl Statements {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12) ON CONFLICT DO NOTHING"
             ),
             part_stats: format!(
-                "SELECT chunk_count, total_size, sha256, count(*), sum(octet_length(payload))::bigint FROM {parts} \
+                "SELECT chunk_count, total_size, sha256, count(*) FROM {parts} \
                  WHERE consumer_group = $1 AND message_id = $2 GROUP BY chunk_count, total_size, sha256"
             ),
             part_payload: format!(
@@ -833,13 +833,14 @@ impl<H: Handler> Consumer<H> {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let sets: Vec<(i32, i64, String, i64, i64)> =
+        // Counted, not summed: every chunk would otherwise read all stored payloads again.
+        let sets: Vec<(i32, i64, String, i64)> =
             sqlx::query_as(sqlx::AssertSqlSafe(self.sql.part_stats.as_str()))
                 .bind(group)
                 .bind(chunk.message_id)
                 .fetch_all(&mut *tx)
                 .await?;
-        let [(count, size, sha256, stored, bytes)] = sets.as_slice() else {
+        let [(count, size, sha256, stored)] = sets.as_slice() else {
             return Err(HandlerError::Permanent(format!(
                 "the chunks of message {} disagree on their count, size or checksum",
                 chunk.message_id
@@ -858,14 +859,10 @@ impl<H: Handler> Consumer<H> {
                 Applied::Part
             });
         }
-        if *bytes != *size {
-            return Err(HandlerError::Permanent(format!(
-                "the {count} chunks of message {} hold {bytes} bytes; the set announces {size}",
-                chunk.message_id
-            )));
-        }
-        // At most `max_message_size` bytes (checked at the first chunk), read chunk by chunk.
-        let mut payload = Vec::with_capacity(usize::try_from(*size).unwrap_or(0));
+        // At most the announced size (itself at most `max_message_size`, checked at the first
+        // chunk), read chunk by chunk: a set holding more is refused before it is all read.
+        let size = usize::try_from(*size).unwrap_or(usize::MAX);
+        let mut payload = Vec::with_capacity(size);
         for index in 0..*count {
             let part: Vec<u8> =
                 sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.part_payload.as_str()))
@@ -874,7 +871,20 @@ impl<H: Handler> Consumer<H> {
                     .bind(index)
                     .fetch_one(&mut *tx)
                     .await?;
+            if payload.len() + part.len() > size {
+                return Err(HandlerError::Permanent(format!(
+                    "the {count} chunks of message {} hold more than the {size} bytes the set announces",
+                    chunk.message_id
+                )));
+            }
             payload.extend_from_slice(&part);
+        }
+        if payload.len() != size {
+            return Err(HandlerError::Permanent(format!(
+                "the {count} chunks of message {} hold {} bytes; the set announces {size}",
+                chunk.message_id,
+                payload.len()
+            )));
         }
         // Hashing megabytes is CPU work: off the async threads.
         let (payload, got) = tokio::task::spawn_blocking(move || {

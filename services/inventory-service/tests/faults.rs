@@ -298,10 +298,7 @@ const BULK_STOCK: i64 = 1500;
 /// A B2B order of 20,000 lines over 20 SKUs (1,000 units of each): about 1 MB of JSON, over
 /// the claim check's 256 KiB threshold.
 fn bulk_order() -> serde_json::Value {
-    let lines: Vec<serde_json::Value> = (0..BULK_LINES)
-        .map(|i| json!({"sku": format!("MINIO-{:02}", i % BULK_SKUS), "quantity": 1, "unit_price_cents": 100}))
-        .collect();
-    json!({"customer": {"name": "Bulk Buyer", "email": "b2b@example.com"}, "currency": "EUR", "lines": lines})
+    helpers::bulk_order("MINIO", BULK_LINES, BULK_SKUS)
 }
 
 fn small_order() -> serde_json::Value {

@@ -14,18 +14,15 @@ use rdkafka::message::OwnedMessage;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Running, metrics_text, order, set_stock, spawn_inventory, spawn_orders_with, stock, token,
-    topics, wait_status,
+    self, Running, metrics_text, order, set_stock, spawn_inventory, spawn_orders_with, stock,
+    token, topics, wait_status,
 };
 
 const SKUS: usize = 50;
 const LINES: usize = 50_000;
 
 fn bulk_order() -> Value {
-    let lines: Vec<Value> = (0..LINES)
-        .map(|i| json!({"sku": format!("BULK-{:02}", i % SKUS), "quantity": 1, "unit_price_cents": 100}))
-        .collect();
-    json!({"customer": {"name": "Bulk Buyer", "email": "b2b@example.com"}, "currency": "EUR", "lines": lines})
+    helpers::bulk_order("BULK", LINES, SKUS)
 }
 
 async fn post(c: &reqwest::Client, orders: &Running, body: &Value) -> (u16, Value) {

@@ -136,8 +136,18 @@ pub async fn set_stock(
     sku: &str,
     available: i64,
 ) -> Response {
+    set_stock_at(client, &inventory.address, sku, available).await
+}
+
+/// [`set_stock`] on the inventory-service at `address` (a service process, say).
+pub async fn set_stock_at(
+    client: &reqwest::Client,
+    address: &str,
+    sku: &str,
+    available: i64,
+) -> Response {
     client
-        .put(format!("{}/inventory/{sku}", inventory.address))
+        .put(format!("{address}/inventory/{sku}"))
         .bearer_auth(token("admin", &["admin"]))
         .json(&serde_json::json!({ "available": available }))
         .send()
@@ -146,8 +156,13 @@ pub async fn set_stock(
 }
 
 pub async fn stock(client: &reqwest::Client, inventory: &Running, sku: &str) -> Value {
+    stock_at(client, &inventory.address, sku).await
+}
+
+/// [`stock`] from the inventory-service at `address`.
+pub async fn stock_at(client: &reqwest::Client, address: &str, sku: &str) -> Value {
     client
-        .get(format!("{}/inventory/{sku}", inventory.address))
+        .get(format!("{address}/inventory/{sku}"))
         .bearer_auth(token("alice", &[]))
         .send()
         .await
@@ -159,8 +174,13 @@ pub async fn stock(client: &reqwest::Client, inventory: &Running, sku: &str) -> 
 
 /// `GET /orders/{id}` as alice.
 pub async fn order(client: &reqwest::Client, orders: &Running, id: &str) -> Value {
+    order_at(client, &orders.address, id).await
+}
+
+/// [`order`] from the order-service at `address`.
+pub async fn order_at(client: &reqwest::Client, address: &str, id: &str) -> Value {
     client
-        .get(format!("{}/orders/{id}", orders.address))
+        .get(format!("{address}/orders/{id}"))
         .bearer_auth(token("alice", &[]))
         .send()
         .await
@@ -178,9 +198,20 @@ pub async fn wait_status(
     status: &str,
     within: Duration,
 ) -> Value {
+    wait_status_at(client, &orders.address, id, status, within).await
+}
+
+/// [`wait_status`] on the order-service at `address`.
+pub async fn wait_status_at(
+    client: &reqwest::Client,
+    address: &str,
+    id: &str,
+    status: &str,
+    within: Duration,
+) -> Value {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let now = order(client, orders, id).await;
+        let now = order_at(client, address, id).await;
         if now["status"] == status {
             return now;
         }
@@ -191,6 +222,15 @@ pub async fn wait_status(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A B2B order of `lines` lines of one unit each, over the SKUs `<prefix>-00` ..
+/// `<prefix>-<skus - 1>` in turn: a multi-megabyte `OrderPlaced` at tens of thousands of lines.
+pub fn bulk_order(prefix: &str, lines: usize, skus: usize) -> Value {
+    let lines: Vec<Value> = (0..lines)
+        .map(|i| serde_json::json!({"sku": format!("{prefix}-{:02}", i % skus), "quantity": 1, "unit_price_cents": 100}))
+        .collect();
+    serde_json::json!({"customer": {"name": "Bulk Buyer", "email": "b2b@example.com"}, "currency": "EUR", "lines": lines})
 }
 
 /// The service's `/metrics` text.

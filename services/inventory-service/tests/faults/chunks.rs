@@ -12,10 +12,10 @@ use eda_test_support::{
     ServiceProcess, Stack, TempDatabase, consume_all, create_topic, create_topic_named, header,
     unique,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{SECRET, token};
+use crate::helpers::{SECRET, bulk_order, set_stock_at, stock_at, token, wait_status_at};
 
 const LINES: usize = 20_000;
 const SKUS: usize = 50;
@@ -113,20 +113,11 @@ async fn relay_and_consumer_killed_mid_chunk_set_reserve_the_bulk_order_once() {
     let c = reqwest::Client::new();
     let inventory = s.inventory().await;
     for i in 0..SKUS {
-        let response = c
-            .put(format!("{}/inventory/BULK-{i:02}", inventory.address))
-            .bearer_auth(token("admin", &["admin"]))
-            .json(&json!({ "available": 1500 }))
-            .send()
-            .await
-            .unwrap();
+        let response = set_stock_at(&c, &inventory.address, &format!("BULK-{i:02}"), 1500).await;
         assert!(response.status().is_success());
     }
     let orders = s.orders().await;
-    let lines: Vec<Value> = (0..LINES)
-        .map(|i| json!({"sku": format!("BULK-{:02}", i % SKUS), "quantity": 1, "unit_price_cents": 100}))
-        .collect();
-    let body = json!({"customer": {"name": "Bulk Buyer", "email": "b2b@example.com"}, "currency": "EUR", "lines": lines});
+    let body = bulk_order("BULK", LINES, SKUS);
     let response = c
         .post(format!("{}/orders", orders.address))
         .bearer_auth(token("alice", &[]))
@@ -181,37 +172,16 @@ async fn relay_and_consumer_killed_mid_chunk_set_reserve_the_bulk_order_once() {
     assert!(kept >= stored, "the stored chunks survive the kill: {kept}");
 
     let (inventory, orders) = (s.inventory().await, s.orders().await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    loop {
-        let order: Value = c
-            .get(format!("{}/orders/{id}", orders.address))
-            .bearer_auth(token("alice", &[]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if order["status"] == "CONFIRMED" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the order did not settle: {}",
-            order["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_status_at(
+        &c,
+        &orders.address,
+        &id,
+        "CONFIRMED",
+        Duration::from_secs(240),
+    )
+    .await;
     for i in 0..SKUS {
-        let stock: Value = c
-            .get(format!("{}/inventory/BULK-{i:02}", inventory.address))
-            .bearer_auth(token("alice", &[]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stock = stock_at(&c, &inventory.address, &format!("BULK-{i:02}")).await;
         assert_eq!(
             (stock["available"].as_i64(), stock["reserved"].as_i64()),
             (Some(1500 - PER_SKU), Some(PER_SKU)),

@@ -18,11 +18,11 @@ use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::BoxError;
-use super::common::{delete_topic, drop_database, percentile, report};
+use super::common::{percentile, report};
 use super::counted::counting_database;
 use super::payloads::{
-    Mode, bench_s3, claim_check, delete_prefix, enqueue_large, mib, order_event, order_json,
-    progress, relay, size_label, topic_and_dlq,
+    Mode, bench_s3, claim_check, enqueue_large, mib, order_event, order_json, progress, relay,
+    size_label, tear_down, topic_and_dlq,
 };
 
 /// Concurrent writers of small events, each committing one event per transaction.
@@ -255,9 +255,6 @@ async fn run_mode(stack: &Stack, mode: Option<Mode>, load: Load) -> Result<Row, 
     stop.cancel();
     relay_task.await?;
     consumer_task.await??;
-    delete_topic(stack, &topic).await;
-    delete_topic(stack, &dlq).await;
-    delete_prefix(&s3).await?;
-    drop_database(stack, &db, pool).await?;
+    tear_down(stack, [&topic, &dlq], &s3, &db, pool).await?;
     result
 }

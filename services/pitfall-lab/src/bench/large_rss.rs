@@ -18,11 +18,11 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::BoxError;
-use super::common::{delete_topic, drop_database, report, status_kib, wait_topic_size};
+use super::common::{report, status_kib, wait_topic_size};
 use super::counted::counting_database;
 use super::payloads::{
-    MIB, Mode, bench_s3, delete_prefix, enqueue_large, order_event, order_json, progress, relay,
-    size_label, topic_and_dlq,
+    MIB, Mode, bench_s3, enqueue_large, order_event, order_json, progress, relay, size_label,
+    tear_down, topic_and_dlq,
 };
 
 /// How long writing, publishing or consuming may take before the benchmark gives up.
@@ -102,10 +102,7 @@ async fn run_mode(
         Ok::<_, BoxError>(measured)
     }
     .await;
-    delete_topic(stack, &topic).await;
-    delete_topic(stack, &dlq).await;
-    delete_prefix(&s3).await?;
-    drop_database(stack, &db, pool).await?;
+    tear_down(stack, [&topic, &dlq], &s3, &db, pool).await?;
     result
 }
 

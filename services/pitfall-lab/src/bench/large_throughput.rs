@@ -20,11 +20,11 @@ use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::BoxError;
-use super::common::{delete_topic, drop_database, report};
+use super::common::report;
 use super::counted::counting_database;
 use super::payloads::{
-    MIB, Mode, bench_s3, delete_prefix, enqueue_large, mib, order_event, order_json, progress,
-    relay, size_label, topic_and_dlq,
+    MIB, Mode, bench_s3, enqueue_large, mib, order_event, order_json, progress, relay, size_label,
+    tear_down, topic_and_dlq,
 };
 
 /// Concurrent producers (request handlers, in a service).
@@ -209,10 +209,7 @@ async fn run_mode(
     stop.cancel();
     relay_task.await?;
     consumer_task.await??;
-    delete_topic(stack, &topic).await;
-    delete_topic(stack, &dlq).await;
-    delete_prefix(&s3).await?;
-    drop_database(stack, &db, pool).await?;
+    tear_down(stack, [&topic, &dlq], &s3, &db, pool).await?;
     result
 }
 

@@ -140,6 +140,22 @@ pub(super) async fn topic_and_dlq(
     Ok((topic, dlq))
 }
 
+/// Deletes what one large-payload run created: its topic and dead-letter topic, the objects
+/// under the bench prefix, its database.
+pub(super) async fn tear_down(
+    stack: &Stack,
+    topics: [&str; 2],
+    s3: &S3Settings,
+    db: &str,
+    pool: PgPool,
+) -> Result<(), BoxError> {
+    for topic in topics {
+        super::common::delete_topic(stack, topic).await;
+    }
+    delete_prefix(s3).await?;
+    super::common::drop_database(stack, db, pool).await
+}
+
 /// The object-store settings of the environment (`S3_ENDPOINT`, ...) with a prefix of this run's
 /// own (`bench-<random>/`), so its objects can be deleted afterwards ([`delete_prefix`]).
 pub(super) fn bench_s3() -> S3Settings {
