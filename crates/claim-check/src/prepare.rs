@@ -26,12 +26,14 @@ impl LargePayloads {
             Self::Inline => Ok(Prepared {
                 events: vec![event],
                 uploads: Vec::new(),
+                ledgered: false,
             }),
             Self::ClaimCheck(claim_check) => {
                 let (event, upload) = claim_check.offload_with_reference(event).await?;
                 Ok(Prepared {
                     events: vec![event],
                     uploads: upload.into_iter().collect(),
+                    ledgered: claim_check.has_ledger(),
                 })
             }
             Self::Chunk(chunker) => {
@@ -43,6 +45,7 @@ impl LargePayloads {
                 Ok(Prepared {
                     events,
                     uploads: Vec::new(),
+                    ledgered: false,
                 })
             }
         }
@@ -55,6 +58,8 @@ impl LargePayloads {
 pub struct Prepared {
     events: Vec<eda_outbox::OutboxEvent>,
     uploads: Vec<crate::Reference>,
+    /// The uploads were recorded in the ledger ([`ClaimCheck::with_ledger`]): confirm them.
+    ledgered: bool,
 }
 
 #[cfg(feature = "outbox")]
@@ -94,8 +99,13 @@ impl Prepared {
 
     /// Removes the uploads' ledger records inside the caller's transaction (see
     /// [`crate::confirm`]). [`enqueue`](Self::enqueue) does it; call it yourself when the rows
-    /// are published another way (direct publishing after commit).
+    /// are published another way (direct publishing after commit). Without a ledger (a claim
+    /// check without [`ClaimCheck::with_ledger`]) there is nothing to confirm and no table is
+    /// touched.
     pub async fn confirm(&self, conn: &mut sqlx::PgConnection) -> eda_outbox::Result<()> {
+        if !self.ledgered || self.uploads.is_empty() {
+            return Ok(());
+        }
         crate::confirm(conn, &self.uploads)
             .await
             .map_err(eda_outbox::Error::from)

@@ -128,6 +128,11 @@ impl ClaimCheck {
         self
     }
 
+    /// Whether uploads are recorded in a ledger ([`with_ledger`](Self::with_ledger)).
+    pub fn has_ledger(&self) -> bool {
+        self.ledger.is_some()
+    }
+
     /// The bucket objects go to.
     pub fn bucket(&self) -> &str {
         &self.bucket

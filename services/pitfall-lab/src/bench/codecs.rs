@@ -12,7 +12,11 @@
 //! - CPU: time on CPU of librdkafka's threads (`/proc/self/task/*/schedstat`, nanoseconds):
 //!   compression runs in the producer's broker thread, decompression in the consumer's.
 //!   Compress (decompress) cost = that time with the codec minus the same run with `none`,
-//!   per MiB of original data; the `none` row shows the transport cost subtracted.
+//!   per MiB of original data; the `none` row shows the transport cost subtracted. That is a
+//!   *net* cost: a codec also shrinks what the threads copy and send, so at 10 KiB, where the
+//!   transport dominates, a fast codec can come out below `none` (a negative number).
+//! - Each codec runs [`RUNS`] times and the cheapest run counts (CPU time only grows with
+//!   noise from other processes), so the differences are not the machine's jitter.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +41,9 @@ const CODECS: [&str; 5] = ["none", "lz4", "zstd", "snappy", "gzip"];
 
 /// Distinct orders per size, sent in turn.
 const DISTINCT: u64 = 8;
+
+/// Runs per size and codec; the cheapest counts.
+const RUNS: usize = 3;
 
 /// Bytes and batches of the record batches a producer sent, summed over librdkafka's
 /// statistics windows (each emission holds the window since the previous one).
@@ -72,12 +79,24 @@ struct Row {
     consume_cpu_ms: f64,
 }
 
+impl Row {
+    /// The lower CPU time of two runs of the same codec, each side on its own (the bytes are
+    /// the same every run).
+    fn cheapest(self, other: &Row) -> Row {
+        Row {
+            produce_cpu_ms: self.produce_cpu_ms.min(other.produce_cpu_ms),
+            consume_cpu_ms: self.consume_cpu_ms.min(other.consume_cpu_ms),
+            ..self
+        }
+    }
+}
+
 /// Measures every codec on `megabytes` MiB of orders of each size.
 pub(super) async fn run(stack: &Stack, megabytes: usize) -> Result<(), BoxError> {
     let mut out = vec![
         "== compression codecs: librdkafka's own (compression.type, default levels), one event per record batch ==".to_owned(),
         format!(
-            "   order JSON like OrderPlaced; {megabytes} MiB per size and codec; CPU = librdkafka threads' time, codec minus none"
+            "   order JSON like OrderPlaced; {megabytes} MiB per size and codec, cheapest of {RUNS} runs; CPU = librdkafka threads' time, codec minus none (net: negative = the smaller batches saved more than the codec cost)"
         ),
     ];
     for size in [10 * KIB, MIB, 5 * MIB] {
@@ -85,11 +104,22 @@ pub(super) async fn run(stack: &Stack, megabytes: usize) -> Result<(), BoxError>
         let payloads: Vec<String> = (0..DISTINCT).map(|s| order_json(size, s)).collect();
         let mut rows = Vec::new();
         for codec in CODECS {
-            progress(&format!("codecs: {} x {count}, {codec}", size_label(size)));
-            let topic = create_topic_with_limit(stack, 1, Some(inline_limit(size))).await?;
-            let result = measure(stack, &topic, codec, &payloads, count, size).await;
-            delete_topic(stack, &topic).await;
-            rows.push(result?);
+            let mut best: Option<Row> = None;
+            for run in 1..=RUNS {
+                progress(&format!(
+                    "codecs: {} x {count}, {codec}, run {run}/{RUNS}",
+                    size_label(size)
+                ));
+                let topic = create_topic_with_limit(stack, 1, Some(inline_limit(size))).await?;
+                let result = measure(stack, &topic, codec, &payloads, count, size).await;
+                delete_topic(stack, &topic).await;
+                let row = result?;
+                best = Some(match best {
+                    Some(b) => b.cheapest(&row),
+                    None => row,
+                });
+            }
+            rows.extend(best);
         }
         out.extend(table(size, count, &rows));
     }
@@ -201,7 +231,8 @@ fn table(size: usize, count: usize, rows: &[Row]) -> Vec<String> {
             rows.first()
                 .map_or(0.0, |r| r.original as f64 / count as f64)
         ),
-        "codec    bytes/event on broker   ratio   compress ms/MiB   decompress ms/MiB".to_owned(),
+        "codec    bytes/event on broker   ratio   net produce ms/MiB   net consume ms/MiB"
+            .to_owned(),
     ];
     let Some(none) = rows.iter().find(|r| r.codec == "none") else {
         return out;
@@ -219,7 +250,7 @@ fn table(size: usize, count: usize, rows: &[Row]) -> Vec<String> {
             ));
         } else {
             out.push(format!(
-                "{:<8} {per_event:>21.0}   {ratio:>5.2}   {:>15.2}   {:>17.2}",
+                "{:<8} {per_event:>21.0}   {ratio:>5.2}   {:>18.2}   {:>18.2}",
                 r.codec,
                 (r.produce_cpu_ms - none.produce_cpu_ms) / mib,
                 (r.consume_cpu_ms - none.consume_cpu_ms) / mib
