@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: benchmarks against the running stack (started if needed). Prints numbers; never
 # fails on speed. Each benchmark uses its own database and topics. BENCH_ROWS, BENCH_MEMORY_ROWS,
-# BENCH_SECONDS, BENCH_EVENTS, BENCH_PROPAGATION_EVENTS shrink or grow the runs.
+# BENCH_SECONDS, BENCH_EVENTS, BENCH_PROPAGATION_EVENTS, BENCH_LARGE_EVENTS (5 MiB events per
+# mode; 4x as many of 1 MiB), BENCH_ES_ORDERS shrink or grow the runs.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here/.."
@@ -46,3 +47,14 @@ for args in "--propagation on" "--propagation off" "--propagation off --export f
   # shellcheck disable=SC2086
   lab bench propagation --events "${BENCH_PROPAGATION_EVENTS:-50000}" $args
 done
+
+# Pitfall 4: large payloads. Codecs, large events per mode, small events beside large ones,
+# consumer memory at 50 MiB.
+large=${BENCH_LARGE_EVENTS:-50}
+lab bench codecs
+lab bench large-throughput --events-5mb "$large" --events-1mb "$((large * 4))"
+lab bench large-latency --seconds "$seconds"
+lab bench large-rss
+
+# Pitfall 2: the event-sourced side (load by replay vs CRUD row; rebuild by replay).
+lab bench event-sourcing --orders "${BENCH_ES_ORDERS:-100000}"

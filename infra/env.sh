@@ -30,7 +30,9 @@ EDA_ROOT="${EDA_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 : "${KAFKA_PORT:=9092}"
 : "${KAFKA_CONTROLLER_PORT:=9093}"
 : "${KAFKA_PARTITIONS:=6}"
-: "${KAFKA_TOPICS:=order.events inventory.events order.events.dlq inventory.events.dlq}"
+# The services' event topics, then the change-event topics of the CDC connectors
+# (infra/debezium/register.sh --cdc) that projection-service consumes; each with its .dlq.
+: "${KAFKA_TOPICS:=order.events inventory.events order.events.dlq inventory.events.dlq cdc.orders.public.orders cdc.orders.public.order_items cdc.inventory.public.stock cdc.inventory.public.reservations cdc.orders.public.orders.dlq cdc.orders.public.order_items.dlq cdc.inventory.public.stock.dlq cdc.inventory.public.reservations.dlq}"
 : "${KAFKA_HEAP_OPTS:=-Xms256m -Xmx1g}"
 
 # ---- Kafka Connect + Debezium -----------------------------------------------------------------

@@ -31,6 +31,11 @@ cmd_up() {
     COMPONENT=$s
     local pid="$EDA_RUN_DIR/$s/$s.pid" log="$EDA_RUN_DIR/$s/$s.log"
     read -r port db <<<"${SERVICES[$s]}"
+    # The views are fed by Debezium table connectors on the other services' tables, which
+    # exist once those services ran their migrations (they start first). PUT: idempotent.
+    if [ "$s" = projection-service ]; then
+      for source_db in orders inventory; do "$here/debezium/register.sh" --cdc "$source_db"; done
+    fi
     if pid_alive "$pid"; then say "already running"; continue; fi
     refuse_busy_port "$port" "$s"
     say "starting on http://$EDA_BIND_HOST:$port (log: $log)"

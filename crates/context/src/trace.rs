@@ -55,6 +55,16 @@ pub fn inject(cx: &Context) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+/// The `traceparent` of the current OpenTelemetry context (the innermost exported span, or the
+/// parent attached around a handler), if there is one. For writers that store it beside the
+/// data, so a reader that sees no headers of theirs (CDC of a table) can join the trace.
+pub fn current_traceparent() -> Option<String> {
+    inject(&Context::current())
+        .into_iter()
+        .find(|(name, _)| *name == "traceparent")
+        .map(|(_, value)| value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

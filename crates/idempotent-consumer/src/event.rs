@@ -4,6 +4,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::HandlerError;
+use crate::runtime::Records;
 use eda_context::EventContext;
 
 /// One decoded Kafka record, as a handler sees it.
@@ -37,14 +38,40 @@ pub struct Event {
 pub struct DecodeError(pub String);
 
 impl Event {
-    /// Decodes a record: `event-id` (a UUID) and `event-type` headers are required, the value
-    /// must be present. Anything else is a poison record.
+    /// Decodes a record of the contract ([`Records::Contract`]): `event-id` (a UUID) and
+    /// `event-type` headers are required, the value must be present. Anything else is a
+    /// poison record.
     pub fn decode(message: &BorrowedMessage<'_>) -> Result<Self, DecodeError> {
+        Self::decode_records(message, Records::Contract)
+    }
+
+    /// Decodes a record as `records` says ([`Records::Foreign`]: ids derived from the offset,
+    /// tombstones with an empty payload).
+    pub fn decode_records(
+        message: &BorrowedMessage<'_>,
+        records: Records,
+    ) -> Result<Self, DecodeError> {
         let headers = message.headers();
         let context = EventContext::from_event(|name| {
             headers.and_then(|h| eda_context::kafka::header(h, name))
         });
-        Self::decode_with(message, context)
+        Self::decode_with(message, context, records)
+    }
+
+    /// The event id [`Records::Foreign`] gives the record at `offset` of `topic`/`partition`:
+    /// a UUID (version 8) made of the first bytes of the SHA-256 of the three, so a redelivery
+    /// has the same id and two records never share one.
+    pub fn offset_id(topic: &str, partition: i32, offset: i64) -> Uuid {
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        hash.update(topic.as_bytes());
+        hash.update([0]);
+        hash.update(partition.to_be_bytes());
+        hash.update(offset.to_be_bytes());
+        let digest = hash.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Uuid::new_v8(bytes)
     }
 
     /// [`decode`](Self::decode) with the context already read (the runtime reads it before
@@ -52,6 +79,7 @@ impl Event {
     pub(crate) fn decode_with(
         message: &BorrowedMessage<'_>,
         context: EventContext,
+        records: Records,
     ) -> Result<Self, DecodeError> {
         let headers: Vec<(String, Option<String>)> = message
             .headers()
@@ -72,17 +100,20 @@ impl Event {
                 .find(|(k, _)| k == name)
                 .and_then(|(_, v)| v.clone())
         };
-        let event_id = find("event-id")
-            .ok_or_else(|| DecodeError("missing required header event-id".to_owned()))?;
-        let event_id = Uuid::parse_str(&event_id).map_err(|_| {
-            DecodeError(format!(
-                "header event-id {} is not a UUID",
-                shown(&event_id)
-            ))
-        })?;
-        let event_type = find("event-type")
-            .filter(|t| !t.trim().is_empty())
-            .ok_or_else(|| DecodeError("missing required header event-type".to_owned()))?;
+        let foreign = records == Records::Foreign;
+        let event_id = match find("event-id") {
+            Some(id) if !foreign => Uuid::parse_str(&id).map_err(|_| {
+                DecodeError(format!("header event-id {} is not a UUID", shown(&id)))
+            })?,
+            // A foreign producer's `event-id` means nothing to this runtime: the offset does.
+            _ if foreign => Self::offset_id(message.topic(), message.partition(), message.offset()),
+            _ => return Err(DecodeError("missing required header event-id".to_owned())),
+        };
+        let event_type = match find("event-type").filter(|t| !t.trim().is_empty()) {
+            Some(t) => t,
+            None if foreign => message.topic().to_owned(),
+            None => return Err(DecodeError("missing required header event-type".to_owned())),
+        };
         // It names spans and log lines: a name, not arbitrary bytes from the producer.
         if eda_context::sanitize::id(&event_type).is_none() {
             return Err(DecodeError(format!(
@@ -100,10 +131,11 @@ impl Event {
                 shown(&revision)
             )));
         }
-        let payload = message
-            .payload()
-            .ok_or_else(|| DecodeError("the record has no value".to_owned()))?
-            .to_vec();
+        let payload = match message.payload() {
+            Some(value) => value.to_vec(),
+            None if foreign => Vec::new(),
+            None => return Err(DecodeError("the record has no value".to_owned())),
+        };
         Ok(Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),

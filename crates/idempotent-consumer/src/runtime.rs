@@ -98,6 +98,26 @@ pub struct ConsumerConfig {
     /// Limits for reassembling chunked messages (records with `chunk-*` headers; see
     /// [`crate::chunk`]).
     pub chunking: Chunking,
+    /// What the records on the topics look like: this project's contract (the default) or
+    /// records of a producer that does not follow it, such as Debezium change events.
+    pub records: Records,
+}
+
+/// What the consumed records carry, so [`Event::decode`] knows what to require.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Records {
+    /// This project's message contract: `event-id` (a UUID) and `event-type` headers and a
+    /// value are required; a record without them is poison (dead-lettered).
+    #[default]
+    Contract,
+    /// Records of a producer that knows nothing of the contract (Debezium change events of
+    /// CRUD tables, another team's topic). The event id is derived from the record's topic,
+    /// partition and offset (the same record always gets the same id; see
+    /// [`Event::offset_id`]), the event type is the `event-type` header if there is one, else
+    /// the topic's name, and a record without a value (a Debezium tombstone after a delete)
+    /// reaches the handler with an empty payload. Run it with [`Dedupe::Offsets`]: the
+    /// topic-partition-offset is then the transaction id, as for any source without ids.
+    Foreign,
 }
 
 impl ConsumerConfig {
@@ -118,6 +138,7 @@ impl ConsumerConfig {
             tables: ConsumerTables::default(),
             stuck_after: Duration::from_secs(60),
             chunking: Chunking::default(),
+            records: Records::Contract,
         }
     }
 
@@ -614,7 +635,7 @@ impl<H: Handler> Consumer<H> {
         dlq: &FutureProducer,
         shutdown: &CancellationToken,
     ) -> (Outcome, &'static str) {
-        let mut event = match Event::decode_with(message, context) {
+        let mut event = match Event::decode_with(message, context, self.config.records) {
             Ok(event) => event,
             Err(reason) => {
                 return (

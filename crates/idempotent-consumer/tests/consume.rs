@@ -719,3 +719,110 @@ async fn tables_of_the_services_choosing_hold_the_dedupe_and_revision_records() 
         "the default table is untouched"
     );
 }
+
+/// Records of a producer that knows nothing of the contract (Debezium change events): no
+/// `event-id`, maybe no `event-type`, tombstones without a value. `Records::Foreign` applies
+/// them under ids derived from their offsets, once each even when the group is rewound;
+/// `Records::Contract` dead-letters them.
+#[tokio::test]
+async fn foreign_records_get_offset_ids_and_tombstones_reach_the_handler() {
+    use eda_idempotent_consumer::Records;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let s = setup().await;
+    let producer: FutureProducer = s.stack.producer_config().create().unwrap();
+    let headers = || {
+        rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "event-type",
+            value: Some("Reserve"),
+        })
+    };
+    for _ in 0..2 {
+        produce(
+            &s.stack,
+            &s.topic,
+            "k",
+            &[("event-type", "Reserve")],
+            br#"{"qty": 1}"#,
+        )
+        .await;
+    }
+    // A tombstone: the handler sees it (an empty payload), and refuses it as not JSON.
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(&s.topic)
+                .key("k")
+                .headers(headers()),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+
+    let group = unique("g");
+    let foreign = |c: &mut ConsumerConfig| {
+        c.dedupe = Dedupe::EventId;
+        c.records = Records::Foreign;
+    };
+    start_with(&s, &group, Reserve::default(), foreign)
+        .until(|m| m.processed() == 2 && m.dead_lettered() == 1)
+        .await;
+    assert_eq!(reserved(&s.pool).await, 2);
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM applied_log ORDER BY seq")
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+    let letters = consume_all(
+        &s.stack,
+        &format!("{}.dlq", s.topic),
+        1,
+        WAIT,
+        Duration::from_millis(500),
+    )
+    .await;
+    // The ids are those of the records' own topic, partition and offset.
+    let records = consume_all(&s.stack, &s.topic, 3, WAIT, Duration::from_millis(500)).await;
+    let expected: Vec<Uuid> = records
+        .iter()
+        .filter(|r| r.payload().is_some())
+        .map(|r| Event::offset_id(&s.topic, r.partition(), r.offset()))
+        .collect();
+    assert_eq!(ids, expected);
+    let reason = header(&letters[0], "dlq-reason").unwrap();
+    assert!(!reason.contains("no value"), "{reason}");
+    assert_ne!(ids[0], ids[1]);
+
+    // Rewound: a redelivered record has the same id, nothing is applied twice.
+    rewind(&s.stack, &group, &s.topic);
+    start_with(&s, &group, Reserve::default(), foreign)
+        .until(|m| m.duplicates() == 2)
+        .await;
+    assert_eq!(reserved(&s.pool).await, 2);
+
+    // The contract's default: the same records are poison.
+    start(&s, &unique("g"), Dedupe::Offsets, Reserve::default())
+        .until(|m| m.dead_lettered() == 3)
+        .await;
+    let letters = consume_all(
+        &s.stack,
+        &format!("{}.dlq", s.topic),
+        4,
+        WAIT,
+        Duration::from_secs(1),
+    )
+    .await;
+    let refused = letters
+        .iter()
+        .filter(|l| {
+            header(l, "dlq-reason").is_some_and(|r| r.contains("missing required header event-id"))
+        })
+        .count();
+    assert_eq!(
+        refused,
+        3,
+        "{:?}",
+        letters
+            .iter()
+            .map(|l| header(l, "dlq-reason"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(reserved(&s.pool).await, 2);
+}

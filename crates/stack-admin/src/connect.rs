@@ -1,5 +1,6 @@
-//! Debezium outbox connectors on Kafka Connect: one per database, each with its own replication
-//! slot, so a test or a benchmark run captures only its own outbox.
+//! Debezium connectors on Kafka Connect, each with its own replication slot: outbox connectors
+//! (one per database, so a test or a benchmark run captures only its own outbox) and table
+//! (CDC) connectors whose change events feed projection-service.
 
 use std::time::{Duration, Instant};
 
@@ -12,23 +13,31 @@ use crate::{Error, Result, Stack, unique};
 pub const OUTBOX_CONNECTOR_TEMPLATE: &str =
     include_str!("../../../infra/debezium/outbox-connector.json");
 
+/// The table (CDC) connector (`infra/debezium/cdc-connector.json`): change events of the tables
+/// `@TABLES@` as JSON without schemas, on topics `<@TOPIC_PREFIX@>.<schema>.<table>`.
+pub const CDC_CONNECTOR_TEMPLATE: &str = include_str!("../../../infra/debezium/cdc-connector.json");
+
 /// How long a connector may take to start, and its slot to be released after it is deleted.
 const CONNECT_WAIT: Duration = Duration::from_secs(120);
 
 /// How often Kafka Connect and `pg_replication_slots` are asked while waiting.
 const POLL: Duration = Duration::from_millis(300);
 
-/// A Debezium outbox connector registered for one database, with its own replication slot.
+/// A Debezium connector registered for one database, with its own replication slot.
 /// [`remove`](Self::remove) deletes it and drops the slot, which must go before the database
 /// can be dropped (and which keeps WAL on the server as long as it exists).
 #[derive(Debug)]
-pub struct OutboxConnector {
+pub struct Connector {
     url: String,
     name: String,
     slot: String,
+    topic_prefix: String,
 }
 
-impl OutboxConnector {
+/// The outbox connector's old name: a [`Connector`] made by [`Connector::register`].
+pub type OutboxConnector = Connector;
+
+impl Connector {
     /// Registers the connector for `database` and waits until its task runs. `prefix` starts the
     /// connector's and the slot's names (`<prefix>-outbox-…`, `<prefix>_slot_…`), so a leftover
     /// of a crashed run tells who made it.
@@ -39,7 +48,52 @@ impl OutboxConnector {
     pub async fn register(stack: &Stack, prefix: &str, database: &str) -> Result<Self> {
         let name = unique(&format!("{prefix}-outbox")).replace('_', "-");
         let slot = unique(&format!("{prefix}_slot"));
-        let config = render(OUTBOX_CONNECTOR_TEMPLATE, stack, &name, &slot, database)?;
+        let config = render(
+            OUTBOX_CONNECTOR_TEMPLATE,
+            stack,
+            &name,
+            &slot,
+            database,
+            &[],
+        )?;
+        Self::put(stack, name.clone(), slot, name, config).await
+    }
+
+    /// Registers a table (CDC) connector for `tables` (`schema.table`) of `database`, whose
+    /// change events go to `<topic_prefix>.<schema>.<table>` (those topics and their `.dlq`
+    /// must exist: auto-creation is off), and waits until its task runs. It snapshots the
+    /// tables' rows first (`op` `r`), then streams changes.
+    ///
+    /// # Errors
+    /// As [`register`](Self::register).
+    pub async fn register_cdc(
+        stack: &Stack,
+        prefix: &str,
+        database: &str,
+        tables: &[&str],
+        topic_prefix: &str,
+    ) -> Result<Self> {
+        let name = unique(&format!("{prefix}-cdc")).replace('_', "-");
+        let slot = unique(&format!("{prefix}_cdc_slot"));
+        let tables = tables.join(",");
+        let config = render(
+            CDC_CONNECTOR_TEMPLATE,
+            stack,
+            &name,
+            &slot,
+            database,
+            &[("@TABLES@", &tables), ("@TOPIC_PREFIX@", topic_prefix)],
+        )?;
+        Self::put(stack, name, slot, topic_prefix.to_owned(), config).await
+    }
+
+    async fn put(
+        stack: &Stack,
+        name: String,
+        slot: String,
+        topic_prefix: String,
+        config: Value,
+    ) -> Result<Self> {
         let url = format!("{}/connectors/{name}", stack.kafka_connect_url);
         let response = reqwest::Client::new()
             .put(format!("{url}/config"))
@@ -57,14 +111,24 @@ impl OutboxConnector {
                 body: response.text().await.unwrap_or_default(),
             });
         }
-        let connector = Self { url, name, slot };
+        let connector = Self {
+            url,
+            name,
+            slot,
+            topic_prefix,
+        };
         connector.wait_running().await?;
         Ok(connector)
     }
 
-    /// The connector's name on Kafka Connect (also its topic prefix).
+    /// The connector's name on Kafka Connect (an outbox connector's topic prefix too).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The prefix of its topics (`topic.prefix`).
+    pub fn topic_prefix(&self) -> &str {
+        &self.topic_prefix
     }
 
     /// Its replication slot (and publication).
@@ -156,9 +220,21 @@ impl OutboxConnector {
     }
 }
 
-/// The connector's JSON (`{"name": .., "config": {..}}`) for one database.
-fn render(template: &str, stack: &Stack, name: &str, slot: &str, database: &str) -> Result<Value> {
-    let rendered = template
+/// The connector's JSON (`{"name": .., "config": {..}}`) for one database; `more` fills the
+/// template's own placeholders.
+fn render(
+    template: &str,
+    stack: &Stack,
+    name: &str,
+    slot: &str,
+    database: &str,
+    more: &[(&str, &str)],
+) -> Result<Value> {
+    let mut rendered = template.to_owned();
+    for (placeholder, value) in more {
+        rendered = rendered.replace(placeholder, value);
+    }
+    let rendered = rendered
         .replace("@CONNECTOR_NAME@", name)
         .replace("@DATABASE_HOST@", "127.0.0.1")
         .replace("@PG_PORT@", &stack.pg_port.to_string())
@@ -190,6 +266,7 @@ mod tests {
             "c-1",
             "slot_1",
             "bench_db",
+            &[],
         )
         .unwrap();
         assert_eq!(config["name"], "c-1");
@@ -209,8 +286,45 @@ mod tests {
             "c",
             "s",
             "d",
+            &[],
         )
         .unwrap_err();
         assert!(err.to_string().contains("@NEW_ONE@"), "{err}");
+    }
+
+    #[test]
+    fn the_cdc_template_takes_tables_and_a_topic_prefix() {
+        let config = render(
+            CDC_CONNECTOR_TEMPLATE,
+            &Stack::from_env(),
+            "c-2",
+            "slot_2",
+            "orders_db",
+            &[
+                ("@TABLES@", "public.orders,public.order_items"),
+                ("@TOPIC_PREFIX@", "cdc.t1"),
+            ],
+        )
+        .unwrap();
+        let config = &config["config"];
+        assert_eq!(
+            config["table.include.list"],
+            "public.orders,public.order_items"
+        );
+        assert_eq!(config["topic.prefix"], "cdc.t1");
+        assert_eq!(config["snapshot.mode"], "initial");
+        assert_eq!(config["value.converter.schemas.enable"], "false");
+        // Without the table list the template is incomplete.
+        assert!(
+            render(
+                CDC_CONNECTOR_TEMPLATE,
+                &Stack::from_env(),
+                "c",
+                "s",
+                "d",
+                &[]
+            )
+            .is_err()
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! What both need, in one place: the stack's settings from the environment ([`Stack`]), names no
 //! other run uses ([`unique`]), scratch databases ([`create_database`], [`drop_database`]),
 //! topics ([`create_topic`], [`delete_topic`]; the broker creates none on first use), and a
-//! Debezium outbox connector per database ([`OutboxConnector`]).
+//! Debezium outbox connector per database ([`OutboxConnector`]) and table (CDC) connectors
+//! ([`Connector::register_cdc`]).
 //!
 //! This is the project's own tooling, not one of the crates meant to be copied into a service:
 //! its defaults are the native stack's, and the connector is `infra/debezium`'s.
@@ -23,7 +24,7 @@ mod settings;
 
 use std::time::Duration;
 
-pub use connect::{OUTBOX_CONNECTOR_TEMPLATE, OutboxConnector};
+pub use connect::{CDC_CONNECTOR_TEMPLATE, Connector, OUTBOX_CONNECTOR_TEMPLATE, OutboxConnector};
 pub use kafka::{create_topic, delete_topic};
 pub use postgres::{create_database, drop_database};
 pub use settings::Stack;

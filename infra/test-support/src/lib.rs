@@ -231,6 +231,51 @@ impl OutboxConnector {
     }
 }
 
+/// A Debezium table (CDC) connector (`infra/debezium/cdc-connector.json`) for `tables` of one
+/// test database, with its own slot and a unique topic prefix; its topics
+/// (`<prefix>.<schema>.<table>`, 6 partitions) and their `.dlq` are created first.
+#[derive(Debug)]
+pub struct CdcConnector {
+    connector: eda_stack_admin::Connector,
+    /// The topics of `tables`, in the same order.
+    pub topics: Vec<String>,
+}
+
+impl CdcConnector {
+    /// Creates the topics, registers the connector and waits until its task runs (it then
+    /// snapshots the tables' rows and streams their changes).
+    ///
+    /// # Panics
+    /// When a topic cannot be created, Kafka Connect refuses the connector or it does not
+    /// start within two minutes.
+    pub async fn register(stack: &Stack, database: &str, tables: &[&str]) -> Self {
+        let prefix = unique("cdc");
+        let mut topics = Vec::new();
+        for table in tables {
+            let topic = format!("{prefix}.{table}");
+            create_topic_named(stack, &topic, 6).await;
+            create_topic_named(stack, &format!("{topic}.dlq"), 1).await;
+            topics.push(topic);
+        }
+        let connector =
+            eda_stack_admin::Connector::register_cdc(stack, "test", database, tables, &prefix)
+                .await
+                .unwrap_or_else(|e| fail("register the CDC connector", &e));
+        Self { connector, topics }
+    }
+
+    /// Deletes the connector and drops its replication slot.
+    ///
+    /// # Panics
+    /// When the slot stays active for two minutes.
+    pub async fn remove(self, pool: &sqlx::PgPool) {
+        self.connector
+            .remove(pool)
+            .await
+            .unwrap_or_else(|e| fail("remove the CDC connector", &e));
+    }
+}
+
 /// Runs `infra/stack.sh` with `args` (e.g. `["down", "kafka"]`), for fault tests that stop
 /// and restart a real component.
 ///

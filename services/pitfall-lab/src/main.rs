@@ -9,6 +9,7 @@
 //!   (`make bench` runs them all). Benchmarks report; they never pass or fail on speed.
 
 mod bench;
+mod event_store;
 mod outbox;
 mod trace;
 

@@ -37,11 +37,18 @@ impl InventoryOutcomes {
         // Only a PLACED order moves: a cancelled one stays cancelled (inventory releases its
         // stock when it sees the cancel), and a decided one is not decided twice.
         let row: Option<(i64, String)> = sqlx::query_as(
-            "UPDATE orders SET status = $2, revision = revision + 1, updated_at = now() \
+            "UPDATE orders SET status = $2, revision = revision + 1, updated_at = now(), traceparent = $3 \
              WHERE id = $1 AND status = 'PLACED' RETURNING revision, user_id",
         )
         .bind(outcome.order_id)
         .bind(status)
+        // The event's trace goes on in the row, for CDC readers.
+        .bind(
+            self.propagation
+                .is_on()
+                .then(eda_context::trace::current_traceparent)
+                .flatten(),
+        )
         .fetch_optional(&mut *tx)
         .await?;
         let Some((revision, user_id)) = row else {

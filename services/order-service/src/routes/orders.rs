@@ -81,6 +81,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// The current trace context's `traceparent`, stored in the order row for CDC readers (none
+/// with `PROPAGATION=off`).
+fn traceparent(state: &AppState) -> Option<String> {
+    state
+        .propagation
+        .is_on()
+        .then(eda_context::trace::current_traceparent)
+        .flatten()
+}
+
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("order id {id:?} is not a UUID")))
 }
@@ -200,8 +210,8 @@ async fn create_order(
         })?;
     let mut tx = state.pool.begin().await?;
     sqlx::query(
-        "INSERT INTO orders (id, user_id, customer_name, customer_email, currency, status, total_cents, revision) \
-         VALUES ($1, $2, $3, $4, $5, 'PLACED', $6, 1)",
+        "INSERT INTO orders (id, user_id, customer_name, customer_email, currency, status, total_cents, revision, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, 'PLACED', $6, 1, $7)",
     )
     .bind(order_id)
     .bind(&user.user_id)
@@ -209,6 +219,7 @@ async fn create_order(
     .bind(&order.customer.email)
     .bind(order.currency.as_str())
     .bind(total)
+    .bind(traceparent(&state))
     .execute(&mut *tx)
     .instrument(db_span("INSERT", "orders"))
     .await?;
@@ -479,9 +490,10 @@ async fn cancel_order(
         }
         _ => {
             let revision = revision + 1;
-            sqlx::query("UPDATE orders SET status = 'CANCELLED', revision = $2, updated_at = now() WHERE id = $1")
+            sqlx::query("UPDATE orders SET status = 'CANCELLED', revision = $2, updated_at = now(), traceparent = $3 WHERE id = $1")
                 .bind(id)
                 .bind(revision)
+                .bind(traceparent(&state))
                 .execute(&mut *tx)
                 .await?;
             let body = OrderCancelled {

@@ -12,6 +12,7 @@ mod common;
 mod consumer;
 mod counted;
 mod drain;
+mod event_sourcing;
 mod http;
 mod large_latency;
 mod large_rss;
@@ -136,6 +137,17 @@ pub enum Bench {
         #[arg(long, default_value_t = 50)]
         megabytes: usize,
     },
+    /// Pitfall 2, the naive side: loading one event-sourced order's state by replay at 10 to
+    /// 10,000 events of history (without and with snapshots) against a CRUD row read, and
+    /// rebuilding a read model by replaying every order's events.
+    EventSourcing {
+        /// Orders (3 to 5 events each) in the event store the read model is rebuilt from.
+        #[arg(long, default_value_t = 100_000)]
+        orders: usize,
+        /// Loads per history length and read (fewer when a case runs over 30 s).
+        #[arg(long, default_value_t = 200)]
+        loads: usize,
+    },
     /// (internal) The consumer process of the large-rss benchmark.
     #[command(hide = true)]
     LargeRssConsumer {
@@ -205,6 +217,7 @@ pub async fn run(what: Bench) -> Result<(), BoxError> {
             };
             large_latency::run(&stack, load).await
         }
+        Bench::EventSourcing { orders, loads } => event_sourcing::run(&stack, orders, loads).await,
         Bench::LargeRss { events, megabytes } => large_rss::run(&stack, events, megabytes).await,
         Bench::LargeRssConsumer {
             database_url,

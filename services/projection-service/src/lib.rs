@@ -1,0 +1,21 @@
+//! projection-service: read models built from Debezium change events of the other services'
+//! CRUD tables (the seed's "CRUD + CDC" instead of event sourcing, pitfall 2).
+//!
+//! Debezium table connectors capture order-service's `orders` and `order_items` and
+//! inventory-service's `stock` and `reservations`; this service consumes their change events
+//! with `eda-idempotent-consumer` in `Dedupe::Offsets` mode (the topic-partition-offset is the
+//! transaction id) and keeps an order view, a per-customer summary and a per-SKU view, each
+//! change applied only when it is newer by the source row's `revision`.
+//!
+//! # Layout
+//! `configuration` (its own settings; the shared ones are `eda_http::config::ServiceSettings`),
+//! `state` (what handlers share), `startup` (on `eda_http::startup::ServiceBase`),
+//! `cdc` (Debezium's change events, decoded), `consumers/` (the change handler and the
+//! freshness metrics), `routes/` (the views over HTTP, health, metrics, OpenAPI).
+
+pub mod cdc;
+pub mod configuration;
+pub mod consumers;
+pub mod routes;
+pub mod startup;
+pub mod state;
