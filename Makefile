@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 .PHONY: help up down status urls deps infra-install infra-up infra-down infra-status infra-logs \
         infra-topics services-up services-down build fmt lint test bench token trace redrive debezium-register \
-        debezium-delete clean-run copy-check outbox-parked outbox-release
+        debezium-delete clean-run copy-check outbox-parked outbox-release projection-rebuild
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,6 +70,9 @@ token: ## print a dev bearer token for curl: make token AS=alice [ROLE=admin]
 
 trace: ## print a request's trace from Jaeger as a tree: make trace REQ=<x-request-id> (or TRACE=<trace id>)
 	@source infra/env.sh && cargo run -q -p pitfall-lab -- trace $(if $(TRACE),--trace-id "$(TRACE)",--request-id "$(REQ)")
+
+projection-rebuild: ## rebuild projection-service's views from the source tables (new CDC snapshot), switched in atomically
+	@cargo run -q -p pitfall-lab -- projection rebuild
 
 redrive: ## send dead letters back after a fix: make redrive TOPIC=order.events
 	@cargo run -q -p pitfall-lab -- dlq redrive --topic "$(or $(TOPIC),order.events)"

@@ -56,5 +56,7 @@ lab bench large-throughput --events-5mb "$large" --events-1mb "$((large * 4))"
 lab bench large-latency --seconds "$seconds"
 lab bench large-rss
 
-# Pitfall 2: the event-sourced side (load by replay vs CRUD row; rebuild by replay).
+# Pitfall 2: the event-sourced side (load by replay vs CRUD row; rebuild by replay), then the
+# CRUD + CDC side (catch-up of the same number of orders, commit-to-view latency).
 lab bench event-sourcing --orders "${BENCH_ES_ORDERS:-100000}"
+lab bench projection --orders "${BENCH_ES_ORDERS:-100000}" --seconds "$seconds"

@@ -71,11 +71,22 @@ pub mod anyhow_like {
     pub struct Internal(pub Box<dyn std::error::Error + Send + Sync>);
 }
 
-/// `?` on a query in a handler: a database failure is an internal error.
+/// `?` on a query in a handler: a database failure is an internal error, except that no free
+/// connection in time (an overloaded pool) or a closed pool (the service is stopping) is a
+/// 503 with `Retry-After`: nothing was written, the client may try again.
 #[cfg(feature = "postgres")]
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        Self::Internal(anyhow_like::Internal(Box::new(err)))
+        match err {
+            sqlx::Error::PoolTimedOut => {
+                tracing::warn!("no database connection free in time; answering 503");
+                Self::Unavailable("the database is busy; retry shortly".to_owned())
+            }
+            sqlx::Error::PoolClosed => {
+                Self::Unavailable("the service is stopping; retry shortly".to_owned())
+            }
+            err => Self::Internal(anyhow_like::Internal(Box::new(err))),
+        }
     }
 }
 
@@ -143,11 +154,31 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn an_exhausted_pool_is_a_503_with_retry_after_not_a_500() {
+        let response = ApiError::from(sqlx::Error::PoolTimedOut).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = ApiError::from(sqlx::Error::RowNotFound).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

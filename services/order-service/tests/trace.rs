@@ -1,5 +1,6 @@
 //! Pitfall 3, judged by Jaeger: one `POST /orders` is ONE trace across order-service and
-//! inventory-service, through both outboxes and Kafka, with correct parent links; the same with
+//! inventory-service, through both outboxes and Kafka, with correct parent links, and with
+//! projection-service too, across CDC (the order row's `traceparent`); the same with
 //! Debezium as order-service's relay; several disconnected traces with `PROPAGATION=off`; logs
 //! of both services filtered by the request id tell the story in order; hostile context headers
 //! are dropped or replaced, never propagated, never a 5xx.
@@ -13,8 +14,8 @@ use std::time::Duration;
 use eda_test_support::jaeger::{Span, Trace};
 use eda_test_support::process::sibling_binary;
 use eda_test_support::{
-    Jaeger, OutboxConnector, ServiceProcess, Stack, TempDatabase, consume_all, create_topic,
-    create_topic_named, header, produce, unique,
+    CdcConnector, Jaeger, OutboxConnector, ServiceProcess, Stack, TempDatabase, consume_all,
+    create_topic, create_topic_named, header, produce, unique,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -804,5 +805,95 @@ async fn a_claim_checked_order_keeps_its_upload_and_download_in_the_request_trac
         "fetched inside the consumer's span"
     );
     assert_eq!(consumed.tag("event.type"), Some("OrderPlaced"));
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn the_projection_joins_the_request_trace_across_cdc() {
+    // Change events carry no headers of ours: order-service writes its traceparent into the
+    // order row, Debezium captures it, and projection-service's span is its child.
+    let flow = Flow::start("on", "inprocess").await;
+    let cdc = CdcConnector::register(
+        &flow.stack,
+        &flow.order_db.name,
+        &["public.orders", "public.order_items"],
+    )
+    .await;
+    let view_db = TempDatabase::create(&flow.stack).await;
+    let projection_name = format!("projection-service-{}", unique("t"));
+    let env = vec![
+        ("DATABASE_URL", flow.stack.database_url(&view_db.name)),
+        (
+            "KAFKA_BOOTSTRAP_SERVERS",
+            flow.stack.kafka_bootstrap_servers.clone(),
+        ),
+        ("CDC_TOPICS", cdc.topics.join(",")),
+        ("CONSUMER_GROUP", unique("projection")),
+        ("JWT_SECRET", SECRET.to_owned()),
+        ("PROPAGATION", "on".to_owned()),
+        ("OTEL_SERVICE_NAME", projection_name.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+        ("LOG_FORMAT", "json".to_owned()),
+        ("TRACE_FILTER", "info".to_owned()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_on".to_owned()),
+        ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
+        ("OTEL_SDK_DISABLED", "false".to_owned()),
+    ];
+    let projection = ServiceProcess::start(
+        &sibling_binary(env!("CARGO_BIN_EXE_order-service"), "projection-service"),
+        &projection_name,
+        &env,
+    )
+    .await;
+
+    let request_id = unique("req");
+    let (_, order_id) = flow.place_and_confirm(&request_id).await;
+    let (o, i, p) = (
+        flow.order_name.as_str(),
+        flow.inventory_name.as_str(),
+        projection_name.as_str(),
+    );
+    let traces = Jaeger::from_env()
+        .wait_for(o, &[("request_id", &request_id)], WAIT, |t| {
+            t.len() == 1
+                && saga_complete(&t[0], &flow, true)
+                && t[0].find(p, "project orders").count() == 2
+        })
+        .await;
+    let trace = &traces[0];
+    assert_eq!(trace.services(), {
+        let mut names = vec![i, o, p];
+        names.sort_unstable();
+        names
+    });
+    // The insert's projection hangs under the request's create_order; the confirmation's under
+    // order-service's processing of the inventory outcome.
+    let parents: Vec<&str> = trace
+        .find(p, "project orders")
+        .map(|s| parent(trace, s).name.as_str())
+        .collect();
+    assert!(parents.contains(&"create_order"), "{parents:?}");
+    assert!(
+        parents.contains(&flow.names.process_inventory.as_str()),
+        "{parents:?}"
+    );
+    // And the view has the order.
+    let view: Value = flow
+        .client
+        .get(format!(
+            "{}/orders/{order_id}?min_revision=2",
+            projection.address
+        ))
+        .bearer_auth(token("alice", &[]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["status"], "CONFIRMED", "{view}");
+    projection.stop().await;
+    cdc.remove(&flow.order_db.pool().await).await;
     flow.stop().await;
 }

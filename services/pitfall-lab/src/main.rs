@@ -11,6 +11,7 @@
 mod bench;
 mod event_store;
 mod outbox;
+mod rebuild;
 mod trace;
 
 use std::time::Duration;
@@ -71,11 +72,23 @@ enum Command {
         #[command(subcommand)]
         what: outbox::Outbox,
     },
+    /// projection-service's views.
+    Projection {
+        #[command(subcommand)]
+        what: Projection,
+    },
     /// Benchmarks against the running stack (`make infra-up`).
     Bench {
         #[command(subcommand)]
         what: bench::Bench,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum Projection {
+    /// Rebuild the views from the source tables (new Debezium connectors snapshot them) while
+    /// the old views serve, then switch atomically (`make projection-rebuild`).
+    Rebuild(rebuild::Rebuild),
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,6 +184,13 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
         }
         Command::Outbox { what } => {
             let text = outbox::run(what).await?;
+            use std::io::Write as _;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        }
+        Command::Projection {
+            what: Projection::Rebuild(args),
+        } => {
+            let text = rebuild::run(args).await?;
             use std::io::Write as _;
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
         }

@@ -11,11 +11,13 @@
 //! `configuration` (its own settings; the shared ones are `eda_http::config::ServiceSettings`),
 //! `state` (what handlers share), `startup` (on `eda_http::startup::ServiceBase`),
 //! `cdc` (Debezium's change events, decoded), `consumers/` (the change handler and the
-//! freshness metrics), `routes/` (the views over HTTP, health, metrics, OpenAPI).
+//! freshness metrics), `rebuild` (new views built beside the live ones, then switched in),
+//! `routes/` (the views over HTTP, the rebuild's admin calls, health, metrics, OpenAPI).
 
 pub mod cdc;
 pub mod configuration;
 pub mod consumers;
+pub mod rebuild;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -64,6 +64,12 @@ impl Application {
             consumer_group: settings.consumer_group.as_str().into(),
             readiness: base.readiness.clone(),
             max_wait: settings.max_wait,
+            rebuilds: crate::rebuild::Rebuilds::new(
+                base.pool.clone(),
+                &service.kafka_bootstrap_servers,
+                &settings.consumer_group,
+            ),
+            live_topics: settings.cdc_topics.clone().into(),
         };
         Ok(Self {
             base,

@@ -11,6 +11,7 @@ use eda_idempotent_consumer::ConsumerMetrics;
 use sqlx::PgPool;
 
 use crate::consumers::ProjectionMetrics;
+use crate::rebuild::Rebuilds;
 
 /// The application state every handler receives. `Debug` shows no secret: the JWT key prints
 /// as `[REDACTED]`.
@@ -30,6 +31,10 @@ pub struct AppState {
     pub readiness: Readiness,
     /// The longest `min_revision` wait.
     pub max_wait: Duration,
+    /// Rebuilds of the views (`/admin/rebuild`).
+    pub rebuilds: Rebuilds,
+    /// The topics the live consumer reads (a rebuild reads them too).
+    pub live_topics: Arc<[String]>,
 }
 
 impl FromRef<AppState> for Readiness {

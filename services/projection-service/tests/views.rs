@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use eda_http::config::ServiceSettings;
-use eda_test_support::{CdcConnector, Server, Stack, TempDatabase, produce, unique};
+use eda_test_support::{
+    CdcConnector, Server, ServiceProcess, Stack, TempDatabase, produce, unique,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -27,13 +29,19 @@ fn database_name(service: &Running) -> String {
         .to_owned()
 }
 
+/// projection-service in the test's process, or as its own process (for kill -9).
+enum Projection {
+    InProcess(Server),
+    Process(ServiceProcess),
+}
+
 /// order-service and inventory-service, their CDC connectors, and projection-service on them.
 struct System {
     stack: Stack,
     client: reqwest::Client,
     orders: Running,
     inventory: Running,
-    projection: Option<Server>,
+    projection: Option<Projection>,
     projection_address: String,
     projection_db: TempDatabase,
     orders_cdc: Option<CdcConnector>,
@@ -106,12 +114,47 @@ impl System {
             .expect("projection-service builds");
         let server = Server::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown));
         self.projection_address = server.address.clone();
-        self.projection = Some(server);
+        self.projection = Some(Projection::InProcess(server));
+    }
+
+    /// projection-service as its own process, same database and group.
+    async fn start_projection_process(&mut self) {
+        let env = vec![
+            ("DATABASE_URL", self.projection_db.url.clone()),
+            (
+                "KAFKA_BOOTSTRAP_SERVERS",
+                self.stack.kafka_bootstrap_servers.clone(),
+            ),
+            ("CDC_TOPICS", self.topics().join(",")),
+            ("CONSUMER_GROUP", self.group.clone()),
+            ("JWT_SECRET", SECRET.to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+            ("LOG_FORMAT", "json".to_owned()),
+            ("OTEL_SDK_DISABLED", "true".to_owned()),
+        ];
+        let process = ServiceProcess::start(
+            std::path::Path::new(env!("CARGO_BIN_EXE_projection-service")),
+            "projection-service",
+            &env,
+        )
+        .await;
+        self.projection_address = process.address.clone();
+        self.projection = Some(Projection::Process(process));
+    }
+
+    /// kill -9 of the projection process (dropping it kills it).
+    fn kill_projection(&mut self) {
+        match self.projection.take() {
+            Some(Projection::Process(process)) => drop(process),
+            _ => panic!("the projection does not run as a process"),
+        }
     }
 
     async fn stop_projection(&mut self) {
-        if let Some(server) = self.projection.take() {
-            server.stop().await;
+        match self.projection.take() {
+            Some(Projection::InProcess(server)) => server.stop().await,
+            Some(Projection::Process(process)) => process.stop().await,
+            None => {}
         }
     }
 
@@ -413,6 +456,10 @@ async fn the_views_follow_the_services_and_never_go_backwards() {
         "source": {"table": "orders", "ts_ms": 1_700_000_000_000_i64},
         "op": "u"
     });
+    // Counted before it is produced: it may be handled at once.
+    let stale_before = system
+        .metric(r#"projection_changes_total{table="orders",outcome="stale"}"#)
+        .await;
     produce(
         &system.stack,
         topic,
@@ -422,9 +469,6 @@ async fn the_views_follow_the_services_and_never_go_backwards() {
     )
     .await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    let stale_before = system
-        .metric(r#"projection_changes_total{table="orders",outcome="stale"}"#)
-        .await;
     loop {
         let now = system
             .metric(r#"projection_changes_total{table="orders",outcome="stale"}"#)
@@ -613,5 +657,314 @@ async fn deletes_toast_new_columns_and_bad_records() {
     // The service is still healthy and applying.
     let (status, _) = system.get(&format!("/orders/{kept}"), "carol", &[]).await;
     assert_eq!(status, StatusCode::OK);
+    system.stop().await;
+}
+
+/// The views hold exactly the source rows: every order, line, stock and reservation row with
+/// the same values and revisions, and the summaries are the sums over them.
+async fn views_equal_sources(system: &System) -> Result<(), String> {
+    let orders = system.orders_cdc_pool().await;
+    let inventory = sqlx::PgPool::connect(system.inventory.database_url())
+        .await
+        .unwrap();
+    let views = system.projection_db.pool().await;
+    let rows = |pool: sqlx::PgPool, sql: &'static str| async move {
+        sqlx::query_scalar::<_, String>(sql)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    let pairs = [
+        (
+            rows(orders.clone(), "SELECT concat_ws('|', id, user_id, status, revision, total_cents) FROM orders ORDER BY id").await,
+            rows(views.clone(), "SELECT concat_ws('|', order_id, user_id, status, revision, total_cents) FROM order_view ORDER BY order_id").await,
+            "orders",
+        ),
+        (
+            rows(orders.clone(), "SELECT concat_ws('|', order_id, line_no, sku, quantity, unit_price_cents) FROM order_items ORDER BY order_id, line_no").await,
+            rows(views.clone(), "SELECT concat_ws('|', order_id, line_no, sku, quantity, unit_price_cents) FROM order_line_view ORDER BY order_id, line_no").await,
+            "order_items",
+        ),
+        (
+            rows(inventory.clone(), "SELECT concat_ws('|', sku, available, reserved, revision) FROM stock ORDER BY sku").await,
+            rows(views.clone(), "SELECT concat_ws('|', sku, available, reserved, revision) FROM stock_view ORDER BY sku").await,
+            "stock",
+        ),
+        (
+            rows(inventory.clone(), "SELECT concat_ws('|', order_id, status, revision) FROM reservations ORDER BY order_id").await,
+            rows(views.clone(), "SELECT concat_ws('|', order_id, status, revision) FROM reservation_view ORDER BY order_id").await,
+            "reservations",
+        ),
+        (
+            rows(orders.clone(), "SELECT concat_ws('|', user_id, count(*), count(*) FILTER (WHERE status = 'CONFIRMED'), \
+                 COALESCE(sum(total_cents) FILTER (WHERE status = 'CONFIRMED'), 0)) FROM orders GROUP BY user_id ORDER BY user_id").await,
+            rows(views.clone(), "SELECT concat_ws('|', user_id, orders, confirmed, spent_cents) FROM customer_summary WHERE orders > 0 ORDER BY user_id").await,
+            "customer summaries",
+        ),
+        (
+            rows(orders.clone(), "SELECT concat_ws('|', sku, count(*), sum(quantity)) FROM order_items GROUP BY sku ORDER BY sku").await,
+            rows(views.clone(), "SELECT concat_ws('|', sku, order_lines, units_ordered) FROM sku_orders WHERE order_lines > 0 ORDER BY sku").await,
+            "units per SKU",
+        ),
+    ];
+    for (source, view, what) in pairs {
+        if source != view {
+            let missing = source
+                .iter()
+                .filter(|r| !view.contains(r))
+                .take(3)
+                .collect::<Vec<_>>();
+            let extra = view
+                .iter()
+                .filter(|r| !source.contains(r))
+                .take(3)
+                .collect::<Vec<_>>();
+            return Err(format!(
+                "{what}: {} source rows, {} view rows; e.g. not in the view {missing:?}, not in the source {extra:?}",
+                source.len(),
+                view.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// kill -9 of projection-service in the middle of a burst of 500 orders, then a restart: the
+/// views end up equal to the source tables, row by row.
+#[tokio::test]
+async fn after_kill_9_mid_burst_the_views_equal_the_sources() {
+    const ORDERS: usize = 500;
+    let mut system = System::start().await;
+    // The in-process projection of `start` goes; a process takes over the same group.
+    system.stop_projection().await;
+    system.start_projection_process().await;
+    let skus: Vec<String> = (0..5)
+        .map(|i| format!("K{i}-{}", &unique("s")[2..8].to_uppercase()))
+        .collect();
+    for sku in &skus {
+        assert!(
+            set_stock(&system.client, &system.inventory, sku, 100_000)
+                .await
+                .status()
+                .is_success()
+        );
+    }
+    let placing = {
+        let (client, address, skus) = (
+            system.client.clone(),
+            system.orders.address.clone(),
+            skus.clone(),
+        );
+        tokio::spawn(async move {
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut writers = Vec::new();
+            for _ in 0..8 {
+                let (client, address, skus, next) =
+                    (client.clone(), address.clone(), skus.clone(), next.clone());
+                writers.push(tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= ORDERS {
+                            return;
+                        }
+                        let user = format!("burst-{}", i % 7);
+                        let body = json!({"customer": {"name": "Burst", "email": "burst@example.com"}, "currency": "EUR",
+                            "lines": [{"sku": skus[i % skus.len()], "quantity": 1 + (i % 3), "unit_price_cents": 100},
+                                      {"sku": skus[(i + 1) % skus.len()], "quantity": 1, "unit_price_cents": 250}]});
+                        // As a careful client: an Idempotency-Key, and a retry on 503.
+                        let key = format!("burst-{i}");
+                        let mut attempts = 0;
+                        loop {
+                            let response = client
+                                .post(format!("{address}/orders"))
+                                .bearer_auth(token(&user, &[]))
+                                .header("Idempotency-Key", &key)
+                                .json(&body)
+                                .send()
+                                .await
+                                .unwrap();
+                            let status = response.status();
+                            if status == StatusCode::SERVICE_UNAVAILABLE && attempts < 10 {
+                                attempts += 1;
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                continue;
+                            }
+                            assert_eq!(status, StatusCode::CREATED, "{}", response.text().await.unwrap_or_default());
+                            break;
+                        }
+                    }
+                }));
+            }
+            for w in writers {
+                w.await.unwrap();
+            }
+        })
+    };
+    // Kill once the projection is well into the burst.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while system.metric("projection_changes_total").await < 300 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projection did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    system.kill_projection();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    system.start_projection_process().await;
+    placing.await.unwrap();
+
+    // Every order decided at the source, then the views caught up.
+    let source = system.orders_cdc_pool().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PLACED'")
+            .fetch_one(&source)
+            .await
+            .unwrap();
+        let result = views_equal_sources(&system).await;
+        if placed == 0 && result.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{placed} orders still PLACED; views: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM order_view")
+        .fetch_one(&system.projection_db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(count, ORDERS as i64);
+    system.stop().await;
+}
+
+/// `make projection-rebuild` (`pitfall-lab projection rebuild`) while orders keep coming: the
+/// old views answer throughout, and after the switch the views equal the source tables.
+#[tokio::test]
+async fn a_rebuild_during_a_live_burst_ends_with_views_equal_to_the_sources() {
+    let system = System::start().await;
+    let sku = format!("R-{}", &unique("s")[2..10].to_uppercase());
+    assert!(
+        set_stock(&system.client, &system.inventory, &sku, 100_000)
+            .await
+            .status()
+            .is_success()
+    );
+    let first = system.place("dave", &[(&sku, 1)]).await;
+    for _ in 0..20 {
+        system.place("dave", &[(&sku, 2), (&sku, 1)]).await;
+    }
+    system
+        .wait_view(&format!("/orders/{first}"), |v| v["status"] == "CONFIRMED")
+        .await;
+
+    // The burst, and reads of the live views, during the whole rebuild.
+    let burst = {
+        let (client, address, sku) = (
+            system.client.clone(),
+            system.orders.address.clone(),
+            sku.clone(),
+        );
+        tokio::spawn(async move {
+            for i in 0..150 {
+                let response = client
+                    .post(format!("{address}/orders"))
+                    .bearer_auth(token(&format!("burst-{}", i % 5), &[]))
+                    .json(&json!({"customer": {"name": "B", "email": "b@example.com"}, "currency": "EUR",
+                                  "lines": [{"sku": sku, "quantity": 1, "unit_price_cents": 10}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::CREATED);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let reads = {
+        let (client, address, first) = (
+            system.client.clone(),
+            system.projection_address.clone(),
+            first.clone(),
+        );
+        tokio::spawn(async move {
+            let mut served = 0;
+            for _ in 0..100 {
+                let response = client
+                    .get(format!("{address}/orders/{first}"))
+                    .bearer_auth(token("dave", &[]))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    response.status(),
+                    StatusCode::OK,
+                    "the live view must answer during the rebuild"
+                );
+                served += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            served
+        })
+    };
+    let lab = eda_test_support::process::sibling_binary(
+        env!("CARGO_BIN_EXE_projection-service"),
+        "pitfall-lab",
+    );
+    let out = tokio::process::Command::new(lab)
+        .args([
+            "projection",
+            "rebuild",
+            "--url",
+            &system.projection_address,
+            "--orders-db",
+            &database_name(&system.orders),
+            "--inventory-db",
+            &database_name(&system.inventory),
+            "--secret",
+            SECRET,
+            "--timeout-secs",
+            "300",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rebuild failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("switched in"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    burst.await.unwrap();
+    assert_eq!(reads.await.unwrap(), 100);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PLACED'")
+            .fetch_one(&system.orders_cdc_pool().await)
+            .await
+            .unwrap();
+        let result = views_equal_sources(&system).await;
+        if placed == 0 && result.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{placed} PLACED; views: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The old generation was kept aside, the new one serves.
+    let retired: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'retired_%'")
+            .fetch_one(&system.projection_db.pool().await)
+            .await
+            .unwrap();
+    assert_eq!(retired, 1);
     system.stop().await;
 }

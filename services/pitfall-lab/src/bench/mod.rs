@@ -20,6 +20,7 @@ mod large_throughput;
 mod latency;
 mod memory;
 mod payloads;
+mod projection;
 mod propagation;
 
 use clap::Subcommand;
@@ -148,6 +149,19 @@ pub enum Bench {
         #[arg(long, default_value_t = 200)]
         loads: usize,
     },
+    /// Pitfall 2's fix: a Debezium table connector into projection-service's views; catch-up
+    /// of a backlog (snapshot, then changes/s) and commit-to-view latency at fixed rates.
+    Projection {
+        /// Orders in the backlog (two lines each).
+        #[arg(long, default_value_t = 100_000)]
+        orders: usize,
+        /// Orders per second of the latency runs, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,500")]
+        rates: Vec<u64>,
+        /// Duration of each latency run.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+    },
     /// (internal) The consumer process of the large-rss benchmark.
     #[command(hide = true)]
     LargeRssConsumer {
@@ -217,6 +231,11 @@ pub async fn run(what: Bench) -> Result<(), BoxError> {
             };
             large_latency::run(&stack, load).await
         }
+        Bench::Projection {
+            orders,
+            rates,
+            seconds,
+        } => projection::run(&stack, orders, &rates, seconds).await,
         Bench::EventSourcing { orders, loads } => event_sourcing::run(&stack, orders, loads).await,
         Bench::LargeRss { events, megabytes } => large_rss::run(&stack, events, megabytes).await,
         Bench::LargeRssConsumer {

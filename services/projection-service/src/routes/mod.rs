@@ -1,5 +1,6 @@
 //! HTTP routes, one module per view.
 
+pub mod admin;
 pub mod customers;
 pub mod metrics;
 pub mod openapi;
@@ -16,6 +17,7 @@ use crate::state::AppState;
 pub fn router(state: AppState, settings: &eda_http::config::ServiceSettings) -> Router {
     let api = Router::new()
         .merge(orders::router())
+        .merge(admin::router())
         .merge(customers::router())
         .merge(skus::router())
         .merge(metrics::router())
