@@ -262,6 +262,18 @@ impl Rebuilds {
             }
         }
         r.pool.close().await;
+        // Only the generation just replaced is kept aside (for comparison or a manual way
+        // back); older ones go.
+        let older: Vec<String> = sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'retired\\_%'",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for schema in older {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {retired}")))
             .execute(&mut *tx)
             .await?;
