@@ -62,7 +62,7 @@ copy-check: deps ## prove crates/outbox, idempotent-consumer and claim-check bui
 test: ## fmt check + clippy + all tests against the real stack (started and stopped if not running)
 	@infra/test.sh
 
-bench: deps ## run the benchmarks against the stack and print numbers (BENCH_ROWS, BENCH_MEMORY_ROWS, BENCH_SECONDS)
+bench: deps ## run the benchmarks against the stack and print numbers (BENCH_ROWS, BENCH_SECONDS, BENCH_LARGE_EVENTS, BENCH_ES_ORDERS, ...)
 	@infra/bench.sh
 
 token: ## print a dev bearer token for curl: make token AS=alice [ROLE=admin]

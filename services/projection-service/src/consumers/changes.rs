@@ -88,22 +88,14 @@ async fn apply(
     if change.op == Op::Delete {
         return delete(tx, source, &key, row).await;
     }
-    let tombstoned: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM view_tombstones WHERE source = $1 AND key = $2)",
-    )
-    .bind(source.table())
-    .bind(&key)
-    .fetch_one(&mut *tx)
-    .await?;
-    if tombstoned {
-        return Ok(Outcome::Stale);
-    }
+    // Every write below checks the tombstone itself (`WHERE NOT EXISTS`): one round trip
+    // less per change.
     let at = change.committed_at;
     match source {
-        Source::Orders => upsert_order(tx, row, at).await,
-        Source::OrderItems => insert_line(tx, row, at).await,
-        Source::Stock => upsert_stock(tx, row, at).await,
-        Source::Reservations => upsert_reservation(tx, row, at).await,
+        Source::Orders => upsert_order(tx, row, &key, at).await,
+        Source::OrderItems => insert_line(tx, row, &key, at).await,
+        Source::Stock => upsert_stock(tx, row, &key, at).await,
+        Source::Reservations => upsert_reservation(tx, row, &key, at).await,
     }
 }
 
@@ -121,6 +113,7 @@ struct Held {
 async fn upsert_order(
     tx: &mut PgConnection,
     row: &Row,
+    key: &str,
     at: DateTime<Utc>,
 ) -> Result<Outcome, HandlerError> {
     let id = row.uuid("id").map_err(bad)?;
@@ -157,10 +150,11 @@ async fn upsert_order(
         .map_err(bad)?
         .value()
         .flatten();
-    sqlx::query(
+    let applied = sqlx::query(
         "INSERT INTO order_view (order_id, user_id, customer_name, customer_email, currency, status, \
            total_cents, revision, created_at, updated_at, traceparent, source_committed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+         WHERE NOT EXISTS (SELECT 1 FROM view_tombstones WHERE source = 'orders' AND key = $13) \
          ON CONFLICT (order_id) DO UPDATE SET user_id = EXCLUDED.user_id, \
            customer_name = EXCLUDED.customer_name, customer_email = EXCLUDED.customer_email, \
            currency = EXCLUDED.currency, status = EXCLUDED.status, total_cents = EXCLUDED.total_cents, \
@@ -181,25 +175,65 @@ async fn upsert_order(
     .bind(row.time("updated_at").map_err(bad)?)
     .bind(traceparent)
     .bind(at)
+    .bind(key)
     .execute(&mut *tx)
-    .await?;
-    if let Some(held) = &held {
-        summarise(tx, &held.user_id, &held.status, held.total_cents, -1).await?;
+    .await?
+    .rows_affected();
+    if applied == 0 {
+        // Deleted at the source (tombstone).
+        return Ok(Outcome::Stale);
     }
-    summarise(tx, &user_id, &status, total_cents, 1).await?;
+    let mut delta = Summary::default();
+    delta.add(&status, total_cents, 1);
+    match &held {
+        Some(h) if h.user_id == user_id => delta.add(&h.status, h.total_cents, -1),
+        Some(h) => {
+            // The order changed hands: two customers' summaries change.
+            let mut old = Summary::default();
+            old.add(&h.status, h.total_cents, -1);
+            summarise(tx, &h.user_id, &old).await?;
+        }
+        None => {}
+    }
+    summarise(tx, &user_id, &delta).await?;
     Ok(Outcome::Applied)
 }
 
-/// Adds (`sign` 1) or removes (-1) one order of `status` and `total_cents` to its customer's
-/// summary. Confirmed orders count as spent.
+/// What one change does to a customer's summary.
+#[derive(Debug, Default)]
+struct Summary {
+    orders: i64,
+    placed: i64,
+    confirmed: i64,
+    rejected: i64,
+    cancelled: i64,
+    spent_cents: i64,
+}
+
+impl Summary {
+    /// Adds (`sign` 1) or removes (-1) one order of `status` and `total_cents`. Confirmed
+    /// orders count as spent.
+    fn add(&mut self, status: &str, total_cents: i64, sign: i64) {
+        self.orders += sign;
+        match status {
+            "PLACED" => self.placed += sign,
+            "CONFIRMED" => {
+                self.confirmed += sign;
+                self.spent_cents += sign * total_cents;
+            }
+            "REJECTED" => self.rejected += sign,
+            "CANCELLED" => self.cancelled += sign,
+            _ => {}
+        }
+    }
+}
+
+/// Applies `delta` to `user_id`'s summary, in one statement.
 async fn summarise(
     tx: &mut PgConnection,
     user_id: &str,
-    status: &str,
-    total_cents: i64,
-    sign: i64,
+    delta: &Summary,
 ) -> Result<(), HandlerError> {
-    let is = |s: &str| i64::from(status == s) * sign;
     sqlx::query(
         "INSERT INTO customer_summary AS s (user_id, orders, placed, confirmed, rejected, cancelled, spent_cents) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -209,12 +243,12 @@ async fn summarise(
            spent_cents = s.spent_cents + EXCLUDED.spent_cents, updated_at = clock_timestamp()",
     )
     .bind(user_id)
-    .bind(sign)
-    .bind(is("PLACED"))
-    .bind(is("CONFIRMED"))
-    .bind(is("REJECTED"))
-    .bind(is("CANCELLED"))
-    .bind(is("CONFIRMED") * total_cents)
+    .bind(delta.orders)
+    .bind(delta.placed)
+    .bind(delta.confirmed)
+    .bind(delta.rejected)
+    .bind(delta.cancelled)
+    .bind(delta.spent_cents)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -223,33 +257,38 @@ async fn summarise(
 async fn insert_line(
     tx: &mut PgConnection,
     row: &Row,
+    key: &str,
     at: DateTime<Utc>,
 ) -> Result<Outcome, HandlerError> {
-    let sku = row.text("sku").map_err(bad)?;
-    let quantity = row.int("quantity").map_err(bad)?;
-    let inserted = sqlx::query(
-        "INSERT INTO order_line_view (order_id, line_no, sku, quantity, unit_price_cents, source_committed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, line_no) DO NOTHING",
+    let int = |column: &str| -> Result<i32, HandlerError> {
+        i32::try_from(row.int(column).map_err(bad)?).map_err(|_| {
+            HandlerError::Permanent(format!("column {column} is out of the int range"))
+        })
+    };
+    // The line, unless the view has it (lines never change) or it was deleted, and its units
+    // counted for the SKU only if it went in: one statement.
+    let counted = sqlx::query(
+        "WITH line AS ( \
+           INSERT INTO order_line_view (order_id, line_no, sku, quantity, unit_price_cents, source_committed_at) \
+           SELECT $1, $2, $3, $4, $5, $6 \
+           WHERE NOT EXISTS (SELECT 1 FROM view_tombstones WHERE source = 'order_items' AND key = $7) \
+           ON CONFLICT (order_id, line_no) DO NOTHING RETURNING sku, quantity) \
+         INSERT INTO sku_orders AS s (sku, order_lines, units_ordered) \
+         SELECT sku, 1, quantity FROM line \
+         ON CONFLICT (sku) DO UPDATE SET order_lines = s.order_lines + 1, \
+           units_ordered = s.units_ordered + EXCLUDED.units_ordered, updated_at = clock_timestamp()",
     )
     .bind(row.uuid("order_id").map_err(bad)?)
-    .bind(i32::try_from(row.int("line_no").map_err(bad)?).map_err(|_| {
-        HandlerError::Permanent("column line_no is out of the int range".to_owned())
-    })?)
-    .bind(&sku)
-    .bind(i32::try_from(quantity).map_err(|_| {
-        HandlerError::Permanent("column quantity is out of the int range".to_owned())
-    })?)
+    .bind(int("line_no")?)
+    .bind(row.text("sku").map_err(bad)?)
+    .bind(int("quantity")?)
     .bind(row.int("unit_price_cents").map_err(bad)?)
     .bind(at)
+    .bind(key)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if inserted == 0 {
-        // Lines never change: the view has it already.
-        return Ok(Outcome::Stale);
-    }
-    count_line(tx, &sku, quantity, 1).await?;
-    Ok(Outcome::Applied)
+    Ok(Outcome::applied_if(counted))
 }
 
 /// Adds (`sign` 1) or removes (-1) one line of `quantity` units of `sku`.
@@ -275,11 +314,13 @@ async fn count_line(
 async fn upsert_stock(
     tx: &mut PgConnection,
     row: &Row,
+    key: &str,
     at: DateTime<Utc>,
 ) -> Result<Outcome, HandlerError> {
     let applied = sqlx::query(
         "INSERT INTO stock_view (sku, available, reserved, revision, updated_at, source_committed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
+         SELECT $1, $2, $3, $4, $5, $6 \
+         WHERE NOT EXISTS (SELECT 1 FROM view_tombstones WHERE source = 'stock' AND key = $7) \
          ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, reserved = EXCLUDED.reserved, \
            revision = EXCLUDED.revision, updated_at = EXCLUDED.updated_at, \
            source_committed_at = EXCLUDED.source_committed_at, applied_at = clock_timestamp() \
@@ -291,6 +332,7 @@ async fn upsert_stock(
     .bind(row.int("revision").map_err(bad)?)
     .bind(row.time("updated_at").map_err(bad)?)
     .bind(at)
+    .bind(key)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -300,12 +342,14 @@ async fn upsert_stock(
 async fn upsert_reservation(
     tx: &mut PgConnection,
     row: &Row,
+    key: &str,
     at: DateTime<Utc>,
 ) -> Result<Outcome, HandlerError> {
     let reason = row.optional_text("reason").map_err(bad)?.value().flatten();
     let applied = sqlx::query(
         "INSERT INTO reservation_view (order_id, status, reason, revision, updated_at, source_committed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
+         SELECT $1, $2, $3, $4, $5, $6 \
+         WHERE NOT EXISTS (SELECT 1 FROM view_tombstones WHERE source = 'reservations' AND key = $7) \
          ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, \
            reason = COALESCE(EXCLUDED.reason, reservation_view.reason), revision = EXCLUDED.revision, \
            updated_at = EXCLUDED.updated_at, source_committed_at = EXCLUDED.source_committed_at, \
@@ -318,6 +362,7 @@ async fn upsert_reservation(
     .bind(row.int("revision").map_err(bad)?)
     .bind(row.time("updated_at").map_err(bad)?)
     .bind(at)
+    .bind(key)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -349,7 +394,9 @@ async fn delete(
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((user_id, status, total_cents)) = gone {
-                summarise(tx, &user_id, &status, total_cents, -1).await?;
+                let mut delta = Summary::default();
+                delta.add(&status, total_cents, -1);
+                summarise(tx, &user_id, &delta).await?;
             }
         }
         Source::OrderItems => {
@@ -378,4 +425,40 @@ async fn delete(
         }
     }
     Ok(Outcome::applied_if(tombstoned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Summary;
+
+    #[test]
+    fn a_status_change_moves_one_order_between_counts_and_spends_on_confirmation() {
+        let mut delta = Summary::default();
+        delta.add("CONFIRMED", 500, 1);
+        delta.add("PLACED", 500, -1);
+        assert_eq!(
+            (
+                delta.orders,
+                delta.placed,
+                delta.confirmed,
+                delta.spent_cents
+            ),
+            (0, -1, 1, 500)
+        );
+        let mut cancel = Summary::default();
+        cancel.add("CANCELLED", 500, 1);
+        cancel.add("CONFIRMED", 500, -1);
+        assert_eq!(
+            (
+                cancel.orders,
+                cancel.confirmed,
+                cancel.cancelled,
+                cancel.spent_cents
+            ),
+            (0, -1, 1, -500)
+        );
+        let mut new = Summary::default();
+        new.add("PLACED", 700, 1);
+        assert_eq!((new.orders, new.placed, new.spent_cents), (1, 1, 0));
+    }
 }
