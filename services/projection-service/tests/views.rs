@@ -207,6 +207,14 @@ impl System {
         }
     }
 
+    /// A SKU of its own (`<prefix>-<random>`) with `available` units in stock.
+    async fn stocked_sku(&self, prefix: &str, available: i64) -> String {
+        let sku = format!("{prefix}-{}", &unique("s")[2..10].to_uppercase());
+        let response = set_stock(&self.client, &self.inventory, &sku, available).await;
+        assert!(response.status().is_success(), "{}", response.status());
+        sku
+    }
+
     async fn metric(&self, name: &str) -> u64 {
         let text = self
             .client
@@ -498,13 +506,7 @@ async fn the_views_follow_the_services_and_never_go_backwards() {
 #[tokio::test]
 async fn deletes_toast_new_columns_and_bad_records() {
     let system = System::start().await;
-    let sku = format!("T-{}", &unique("s")[2..10].to_uppercase());
-    assert!(
-        set_stock(&system.client, &system.inventory, &sku, 100)
-            .await
-            .status()
-            .is_success()
-    );
+    let sku = system.stocked_sku("T", 100).await;
     let kept = system.place("carol", &[(&sku, 1)]).await;
     let gone = system.place("carol", &[(&sku, 2), (&sku, 3)]).await;
     for id in [&kept, &gone] {
@@ -729,6 +731,28 @@ async fn views_equal_sources(system: &System) -> Result<(), String> {
     Ok(())
 }
 
+/// Waits (3 minutes at most) until no order is PLACED at the source any more and the views
+/// equal the source tables.
+async fn wait_settled_and_equal(system: &System) {
+    let source = system.orders_cdc_pool().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PLACED'")
+            .fetch_one(&source)
+            .await
+            .unwrap();
+        let result = views_equal_sources(system).await;
+        if placed == 0 && result.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{placed} orders still PLACED; views: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// kill -9 of projection-service in the middle of a burst of 500 orders, then a restart: the
 /// views end up equal to the source tables, row by row.
 #[tokio::test]
@@ -738,16 +762,9 @@ async fn after_kill_9_mid_burst_the_views_equal_the_sources() {
     // The in-process projection of `start` goes; a process takes over the same group.
     system.stop_projection().await;
     system.start_projection_process().await;
-    let skus: Vec<String> = (0..5)
-        .map(|i| format!("K{i}-{}", &unique("s")[2..8].to_uppercase()))
-        .collect();
-    for sku in &skus {
-        assert!(
-            set_stock(&system.client, &system.inventory, sku, 100_000)
-                .await
-                .status()
-                .is_success()
-        );
+    let mut skus = Vec::new();
+    for i in 0..5 {
+        skus.push(system.stocked_sku(&format!("K{i}"), 100_000).await);
     }
     let placing = {
         let (client, address, skus) = (
@@ -815,23 +832,7 @@ async fn after_kill_9_mid_burst_the_views_equal_the_sources() {
     placing.await.unwrap();
 
     // Every order decided at the source, then the views caught up.
-    let source = system.orders_cdc_pool().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PLACED'")
-            .fetch_one(&source)
-            .await
-            .unwrap();
-        let result = views_equal_sources(&system).await;
-        if placed == 0 && result.is_ok() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{placed} orders still PLACED; views: {result:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_settled_and_equal(&system).await;
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM order_view")
         .fetch_one(&system.projection_db.pool().await)
         .await
@@ -845,13 +846,7 @@ async fn after_kill_9_mid_burst_the_views_equal_the_sources() {
 #[tokio::test]
 async fn a_rebuild_during_a_live_burst_ends_with_views_equal_to_the_sources() {
     let system = System::start().await;
-    let sku = format!("R-{}", &unique("s")[2..10].to_uppercase());
-    assert!(
-        set_stock(&system.client, &system.inventory, &sku, 100_000)
-            .await
-            .status()
-            .is_success()
-    );
+    let sku = system.stocked_sku("R", 100_000).await;
     let first = system.place("dave", &[(&sku, 1)]).await;
     for _ in 0..20 {
         system.place("dave", &[(&sku, 2), (&sku, 1)]).await;
@@ -943,22 +938,7 @@ async fn a_rebuild_during_a_live_burst_ends_with_views_equal_to_the_sources() {
     );
     burst.await.unwrap();
     assert_eq!(reads.await.unwrap(), 100);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let placed: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'PLACED'")
-            .fetch_one(&system.orders_cdc_pool().await)
-            .await
-            .unwrap();
-        let result = views_equal_sources(&system).await;
-        if placed == 0 && result.is_ok() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{placed} PLACED; views: {result:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_settled_and_equal(&system).await;
     // The old generation was kept aside, the new one serves.
     let retired: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'retired_%'")
