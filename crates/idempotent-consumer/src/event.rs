@@ -4,7 +4,6 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::HandlerError;
-use crate::runtime::Records;
 use eda_context::EventContext;
 
 /// One decoded Kafka record, as a handler sees it.
@@ -30,6 +29,23 @@ pub struct Event {
     /// ids when the consumer runs with `Propagation::Off`. The user id is context for logs and
     /// traces, never a credential: anyone who can produce to the topic can set it.
     pub context: EventContext,
+}
+
+/// What the consumed records carry, so [`Event::decode`] knows what to require.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Records {
+    /// This project's message contract: `event-id` (a UUID) and `event-type` headers and a
+    /// value are required; a record without them is poison (dead-lettered).
+    #[default]
+    Contract,
+    /// Records of a producer that knows nothing of the contract (Debezium change events of
+    /// CRUD tables, another team's topic). The event id is derived from the record's topic,
+    /// partition and offset (the same record always gets the same id; see
+    /// [`Event::offset_id`]), the event type is the `event-type` header if there is one, else
+    /// the topic's name, and a record without a value (a Debezium tombstone after a delete)
+    /// reaches the handler with an empty payload. Run it with [`Dedupe::Offsets`](crate::Dedupe::Offsets): the
+    /// topic-partition-offset is then the transaction id, as for any source without ids.
+    Foreign,
 }
 
 /// Why a record could not be decoded: it goes to the dead-letter topic with this reason.

@@ -29,12 +29,12 @@ mod tables;
 pub use chunk::Chunking;
 /// Context types, re-exported so a handler needs no second import.
 pub use eda_context::{EventContext, Propagation};
-pub use event::{DecodeError, Event};
+pub use event::{DecodeError, Event, Records};
 pub use metrics::{ConsumerCollector, ConsumerMetrics, Stuck};
 pub use redrive::{RedriveReport, redrive};
 pub use resolve::{CLAIM_CHECK_HEADER, PayloadResolver, Resolved};
 pub use revision::{RevisionCheck, check_revision, expect_one_row};
-pub use runtime::{CONSUMER_GUARANTEES, Consumer, ConsumerConfig, Dedupe, Handler, Records};
+pub use runtime::{CONSUMER_GUARANTEES, Consumer, ConsumerConfig, Dedupe, Handler};
 pub use tables::{ConsumerTables, MIGRATIONS_TABLE};
 
 /// A boxed error for transient failures.

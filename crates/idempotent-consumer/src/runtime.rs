@@ -20,7 +20,7 @@ use tracing::{Instrument as _, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::chunk::{ChunkHeader, Chunking};
-use crate::event::Event;
+use crate::event::{Event, Records};
 use crate::metrics::ConsumerMetrics;
 use crate::resolve::{CLAIM_CHECK_HEADER, PayloadResolver};
 use crate::{ConsumerTables, Error, HandlerError};
@@ -101,23 +101,6 @@ pub struct ConsumerConfig {
     /// What the records on the topics look like: this project's contract (the default) or
     /// records of a producer that does not follow it, such as Debezium change events.
     pub records: Records,
-}
-
-/// What the consumed records carry, so [`Event::decode`] knows what to require.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Records {
-    /// This project's message contract: `event-id` (a UUID) and `event-type` headers and a
-    /// value are required; a record without them is poison (dead-lettered).
-    #[default]
-    Contract,
-    /// Records of a producer that knows nothing of the contract (Debezium change events of
-    /// CRUD tables, another team's topic). The event id is derived from the record's topic,
-    /// partition and offset (the same record always gets the same id; see
-    /// [`Event::offset_id`]), the event type is the `event-type` header if there is one, else
-    /// the topic's name, and a record without a value (a Debezium tombstone after a delete)
-    /// reaches the handler with an empty payload. Run it with [`Dedupe::Offsets`]: the
-    /// topic-partition-offset is then the transaction id, as for any source without ids.
-    Foreign,
 }
 
 impl ConsumerConfig {

@@ -10,13 +10,15 @@
 //! # Layout
 //! `configuration` (its own settings; the shared ones are `eda_http::config::ServiceSettings`),
 //! `state` (what handlers share), `startup` (on `eda_http::startup::ServiceBase`),
-//! `cdc` (Debezium's change events, decoded), `consumers/` (the change handler and the
-//! freshness metrics), `rebuild` (new views built beside the live ones, then switched in),
+//! `migrations` (the views' schema), `cdc` (Debezium's change events, decoded),
+//! `consumers/` (the change handler and the freshness metrics), `rebuild` (new views built
+//! beside the live ones, then switched in),
 //! `routes/` (the views over HTTP, the rebuild's admin calls, health, metrics, OpenAPI).
 
 pub mod cdc;
 pub mod configuration;
 pub mod consumers;
+pub mod migrations;
 pub mod rebuild;
 pub mod routes;
 pub mod startup;

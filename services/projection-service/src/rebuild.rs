@@ -130,7 +130,7 @@ impl Rebuilds {
         eda_idempotent_consumer::migrate(&pool)
             .await
             .map_err(|e| RebuildError::Failed(Box::new(e)))?;
-        crate::startup::MIGRATOR
+        crate::migrations::MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| RebuildError::Failed(Box::new(e)))?;

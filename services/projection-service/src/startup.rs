@@ -16,10 +16,6 @@ use crate::state::AppState;
 pub use eda_http::shutdown_signal;
 pub use eda_http::startup::StartupError;
 
-/// The service's own schema (the views).
-pub static MIGRATOR: sqlx::migrate::Migrator =
-    sqlx::migrate!("../../migrations/projection-service");
-
 /// A built, not yet running, projection-service.
 #[derive(Debug)]
 pub struct Application {
@@ -36,7 +32,7 @@ impl Application {
         let service = &settings.service;
         let mut base = ServiceBase::build(service, async |pool| {
             eda_idempotent_consumer::migrate(pool).await?;
-            MIGRATOR.run(pool).await?;
+            crate::migrations::MIGRATOR.run(pool).await?;
             Ok(())
         })
         .await?;

@@ -49,7 +49,7 @@ impl Scratch {
         SOURCE_SCHEMA.run(&source).await?;
         let (view_db, views) = scratch_database(stack).await?;
         eda_idempotent_consumer::migrate(&views).await?;
-        projection_service::startup::MIGRATOR.run(&views).await?;
+        projection_service::migrations::MIGRATOR.run(&views).await?;
         Ok(Self {
             source_db,
             source,
