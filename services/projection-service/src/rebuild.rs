@@ -63,7 +63,6 @@ struct Running {
     pool: PgPool,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), eda_idempotent_consumer::Error>>,
-    metrics: Arc<ProjectionMetrics>,
 }
 
 /// What rebuilds need from the service: its database and Kafka settings. Cheap to clone.
@@ -153,12 +152,11 @@ impl Rebuilds {
         config.dedupe = Dedupe::Offsets;
         config.records = Records::Foreign;
         config.skip_stale = false;
-        let metrics = Arc::new(ProjectionMetrics::default());
         let consumer = Consumer::new(
             pool.clone(),
             config,
             ChangeEvents {
-                metrics: Arc::clone(&metrics),
+                metrics: Arc::new(ProjectionMetrics::default()),
             },
         )
         .map_err(|e| RebuildError::Failed(Box::new(e)))?;
@@ -175,7 +173,6 @@ impl Rebuilds {
             pool,
             stop,
             task,
-            metrics,
         });
         Ok(schema)
     }
@@ -196,7 +193,6 @@ impl Rebuilds {
             .await?;
             rows.insert(table, n);
         }
-        let _ = &r.metrics;
         Ok(Progress {
             generation: r.schema.clone(),
             rows,
