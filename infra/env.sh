@@ -26,9 +26,21 @@ EDA_ROOT="${EDA_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 : "${PG_PASSWORD:=eda}"
 : "${PG_DATABASES:=orders inventory projection}"
 
-# ---- Kafka (KRaft, one combined broker + controller) -----------------------------------------
+# ---- Kafka (KRaft, combined broker + controller nodes) ---------------------------------------
+# One broker by default. KAFKA_BROKERS=3 is the replicated profile: three processes, each with
+# its own ports (node N: KAFKA_PORT + 2(N-1), KAFKA_CONTROLLER_PORT + 2(N-1)) and data
+# (.run/kafka, .run/kafka-2, .run/kafka-3), every topic with replication factor 3 and
+# min.insync.replicas 2, so one broker can die without losing or refusing an acknowledged write.
+# Switching profiles needs `make clean-run` (the data of one is not the other's cluster).
+: "${KAFKA_BROKERS:=1}"
 : "${KAFKA_PORT:=9092}"
 : "${KAFKA_CONTROLLER_PORT:=9093}"
+if [ -z "${KAFKA_REPLICATION_FACTOR:-}" ]; then
+  if [ "$KAFKA_BROKERS" -ge 3 ] 2>/dev/null; then KAFKA_REPLICATION_FACTOR=3; else KAFKA_REPLICATION_FACTOR=1; fi
+fi
+if [ -z "${KAFKA_MIN_INSYNC_REPLICAS:-}" ]; then
+  if [ "$KAFKA_REPLICATION_FACTOR" -ge 3 ] 2>/dev/null; then KAFKA_MIN_INSYNC_REPLICAS=2; else KAFKA_MIN_INSYNC_REPLICAS=1; fi
+fi
 : "${KAFKA_PARTITIONS:=6}"
 # The services' event topics, then the change-event topics of the CDC connectors
 # (infra/debezium/register.sh --cdc) that projection-service consumes; each with its .dlq.
@@ -56,7 +68,13 @@ EDA_ROOT="${EDA_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 
 # ---- what clients (services, tests) use, derived from the above --------------------------------
 : "${DATABASE_ADMIN_URL:=postgres://$PG_USER:$PG_PASSWORD@$EDA_BIND_HOST:$PG_PORT/postgres}"
-: "${KAFKA_BOOTSTRAP_SERVERS:=$EDA_BIND_HOST:$KAFKA_PORT}"
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  KAFKA_BOOTSTRAP_SERVERS=$EDA_BIND_HOST:$KAFKA_PORT
+  for ((eda_n = 2; eda_n <= ${KAFKA_BROKERS:-1}; eda_n++)); do
+    KAFKA_BOOTSTRAP_SERVERS+=",$EDA_BIND_HOST:$((KAFKA_PORT + 2 * (eda_n - 1)))"
+  done
+  unset eda_n
+fi
 : "${KAFKA_CONNECT_URL:=http://$EDA_BIND_HOST:$CONNECT_PORT}"
 : "${S3_ENDPOINT:=http://$EDA_BIND_HOST:$MINIO_PORT}"
 : "${OTEL_EXPORTER_OTLP_ENDPOINT:=http://$EDA_BIND_HOST:$JAEGER_OTLP_HTTP_PORT}"
@@ -65,7 +83,8 @@ EDA_ROOT="${EDA_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 # Variables handed to child processes (services, cargo test).
 EDA_EXPORTED_VARS=(
   EDA_CACHE_DIR EDA_RUN_DIR PG_PORT PG_USER PG_PASSWORD DATABASE_ADMIN_URL
-  KAFKA_BOOTSTRAP_SERVERS KAFKA_CONNECT_URL S3_ENDPOINT S3_BUCKET AWS_REGION
+  KAFKA_BOOTSTRAP_SERVERS KAFKA_BROKERS KAFKA_REPLICATION_FACTOR KAFKA_MIN_INSYNC_REPLICAS
+  KAFKA_CONNECT_URL S3_ENDPOINT S3_BUCKET AWS_REGION
   MINIO_ROOT_USER MINIO_ROOT_PASSWORD OTEL_EXPORTER_OTLP_ENDPOINT JAEGER_QUERY_URL
 )
 export "${EDA_EXPORTED_VARS[@]}"

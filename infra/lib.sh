@@ -58,12 +58,50 @@ wait_until() {
   done
 }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# pid_alive PIDFILE: the process behind PIDFILE is running. A process killed -9 answers
+# `kill -0` until it is reaped, so one that is a zombie, or has SIGKILL pending while it is torn
+# down, does not count: `make up` run right after a crash starts the component again.
+pid_alive() {
+  [ -f "$1" ] || return 1
+  local pid; pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  ! pid_dying "$pid"
+}
+
+# pid_dying PID: PID exists but is a zombie, dead, or about to die (SIGKILL pending).
+pid_dying() {
+  local stat state pending
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  state=${stat##*) }; state=${state%% *}
+  case $state in Z|X|x) return 0 ;; esac
+  pending=$(awk '/^(SigPnd|ShdPnd):/ { print $2 }' "/proc/$1/status" 2>/dev/null)
+  for mask in $pending; do
+    (( (16#$mask >> 8) & 1 )) && return 0
+  done
+  return 1
+}
+
+# wait_gone PIDFILE [SECONDS]: before starting a component again, waits while its previous
+# process is still being torn down (it may hold the port or the data directory's lock). A
+# zombie holds neither and is not waited for.
+wait_gone() {
+  local pidfile=$1 timeout=${2:-30} pid state start=$SECONDS
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  while kill -0 "$pid" 2>/dev/null && (( SECONDS - start < timeout )); do
+    state=$(cat "/proc/$pid/stat" 2>/dev/null) || break
+    state=${state##*) }; state=${state%% *}
+    case $state in Z|X|x) break ;; esac
+    sleep 0.2
+  done
+  rm -f "$pidfile"
+}
 
 # start_bg PIDFILE LOGFILE COMMAND...: starts COMMAND detached (own session), output to LOGFILE.
 start_bg() {
   local pidfile=$1 log=$2; shift 2
   mkdir -p "$(dirname "$pidfile")" "$(dirname "$log")"
+  wait_gone "$pidfile"
   printf '\n===== %s starting: %s =====\n' "$(date -u +%FT%TZ)" "$*" >>"$log"
   setsid "$@" >>"$log" 2>&1 < /dev/null &
   echo $! >"$pidfile"

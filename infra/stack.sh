@@ -12,6 +12,8 @@
 #   infra/stack.sh env                      `export` lines for clients (eval "$(infra/stack.sh env)")
 #   infra/stack.sh topics                   create the Kafka topics that are missing
 #   infra/stack.sh clean                    stop everything and delete its data (caches stay)
+#   infra/stack.sh pids                     "PROCESS PID LOG COMPONENT" per running process (for
+#                                           make chaos: kafka-N per broker, postgres's postmaster)
 #
 # With EDA_STARTED_FILE set, `up` appends the components it actually started to that file, so a
 # caller (make test) can stop exactly those afterwards.
@@ -88,15 +90,32 @@ cmd_status() {
 cmd_logs() {
   local n=${LINES_TAIL:-30}
   for c in $(components "$@"); do
-    local log; log=$("${c}_log")
-    printf '\n==> %s: %s\n' "$c" "$log"
-    if [ -f "$log" ]; then tail -n "$n" "$log"; else echo "(no log yet)"; fi
+    local log
+    for log in $("${c}_log"); do
+      printf '\n==> %s: %s\n' "$c" "$log"
+      if [ -f "$log" ]; then tail -n "$n" "$log"; else echo "(no log yet)"; fi
+    done
   done
 }
 
 cmd_urls() {
   for c in "${ALL[@]}"; do "${c}_describe"; done
   echo "Logs             $EDA_RUN_DIR/<component>/<component>.log"
+}
+
+cmd_pids() {
+  local n pid
+  pg_paths
+  if postgres_running; then printf 'postgres %s %s postgres\n' "$(head -n 1 "$PG_DATA/postmaster.pid")" "$PG_LOG"; fi
+  for n in $(kafka_nodes); do
+    kafka_node_running "$n" && printf 'kafka-%s %s %s kafka\n' "$n" "$(cat "$(kafka_node_pid "$n")")" "$(kafka_node_log "$n")"
+  done
+  for c in connect minio jaeger; do
+    local var="${c^^}_PID"
+    pid=${!var}
+    pid_alive "$pid" && printf '%s %s %s %s\n' "$c" "$(cat "$pid")" "$("${c}_log")" "$c"
+  done
+  return 0
 }
 
 cmd_env() {
@@ -121,5 +140,6 @@ case "${1:-}" in
   env)     shift; cmd_env ;;
   topics)  shift; COMPONENT=kafka kafka_create_topics ;;
   clean)   shift; cmd_clean ;;
-  *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  pids)    shift; cmd_pids ;;
+  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

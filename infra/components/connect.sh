@@ -18,6 +18,7 @@ connect_healthy() { connect_running && connect_plugins_loaded; }
 
 connect_start() {
   connect_running && return 0
+  wait_gone "$CONNECT_PID"
   refuse_busy_port "$CONNECT_PORT" "Kafka Connect REST"
   kafka_healthy || die "Kafka is not running; start it first (infra/stack.sh up)"
   mkdir -p "$CONNECT_HOME"
@@ -36,9 +37,9 @@ value.converter.schemas.enable=false
 config.storage.topic=_connect-configs
 offset.storage.topic=_connect-offsets
 status.storage.topic=_connect-status
-config.storage.replication.factor=1
-offset.storage.replication.factor=1
-status.storage.replication.factor=1
+config.storage.replication.factor=$KAFKA_REPLICATION_FACTOR
+offset.storage.replication.factor=$KAFKA_REPLICATION_FACTOR
+status.storage.replication.factor=$KAFKA_REPLICATION_FACTOR
 offset.flush.interval.ms=1000
 # Connectors may create the topics they route to (auto-create stays off on the broker).
 topic.creation.enable=true

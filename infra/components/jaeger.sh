@@ -26,6 +26,7 @@ jaeger_healthy() { jaeger_running && jaeger_ready; }
 
 jaeger_start() {
   jaeger_running && return 0
+  wait_gone "$JAEGER_PID"
   for p in "$JAEGER_OTLP_GRPC_PORT" "$JAEGER_OTLP_HTTP_PORT" "$JAEGER_UI_PORT" "$JAEGER_QUERY_GRPC_PORT" "$JAEGER_HEALTH_PORT"; do
     refuse_busy_port "$p" "Jaeger"
   done

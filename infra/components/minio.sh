@@ -41,6 +41,7 @@ minio_start() {
   mkdir -p "$MINIO_HOME/data"
   minio_check_space
   minio_running && { minio_ensure_bucket; return 0; }
+  wait_gone "$MINIO_PID"
   refuse_busy_port "$MINIO_PORT" "MinIO S3 API"
   refuse_busy_port "$MINIO_CONSOLE_PORT" "MinIO console"
   say "starting S3 API on $S3_ENDPOINT, console on http://$EDA_BIND_HOST:$MINIO_CONSOLE_PORT"

@@ -38,12 +38,27 @@ postgres_install() {
 pg_ctl_() { run_as_service_user "$PG_BIN/pg_ctl" -D "$PG_DATA" "$@"; }
 psql_() { PGPASSWORD="$PG_PASSWORD" "$PG_BIN/psql" -h "$EDA_BIND_HOST" -p "$PG_PORT" -U "$PG_USER" -v ON_ERROR_STOP=1 -qtA "$@"; }
 
-postgres_running() { [ -f "$PG_DATA/postmaster.pid" ] && pg_ctl_ status >/dev/null 2>&1; }
+postgres_running() {
+  [ -f "$PG_DATA/postmaster.pid" ] && pg_ctl_ status >/dev/null 2>&1 \
+    && ! pid_dying "$(head -n 1 "$PG_DATA/postmaster.pid")"
+}
+
+# After a postmaster was killed -9 its backends notice and exit within moments, but while one
+# is alive it holds the old shared memory and a new postmaster refuses to start. They keep the
+# postmaster's process group: wait for that group to empty.
+postgres_wait_orphans() {
+  local old start=$SECONDS
+  [ -f "$PG_DATA/postmaster.pid" ] || return 0
+  old=$(head -n 1 "$PG_DATA/postmaster.pid")
+  [[ $old =~ ^[0-9]+$ ]] || return 0
+  while pgrep -g "$old" >/dev/null 2>&1 && (( SECONDS - start < 30 )); do sleep 0.2; done
+}
 postgres_healthy() { postgres_running && "$PG_BIN/pg_isready" -q -h "$EDA_BIND_HOST" -p "$PG_PORT"; }
 
 postgres_start() {
   pg_paths  # the 'postgres' account may only exist since postgres_install
   postgres_running && { postgres_ensure_databases; return 0; }
+  postgres_wait_orphans
   refuse_busy_port "$PG_PORT" "PostgreSQL"
   mkdir -p "$PG_HOME" "$PG_SOCK"
   [ "$PG_HOME" = "$EDA_RUN_DIR/postgres" ] || say "the 'postgres' account cannot reach $EDA_RUN_DIR; the cluster lives in $PG_HOME"

@@ -24,17 +24,25 @@ fn options() -> AdminOptions {
     AdminOptions::new().operation_timeout(Some(OPERATION_TIMEOUT))
 }
 
-/// Creates `topic` with `partitions` partitions (replication factor 1: the stack has one
-/// broker).
+/// Creates `topic` with `partitions` partitions and the stack's replication factor (1 on the
+/// one-broker stack; with 3 replicas, `min.insync.replicas` is 2 as on the stack's own topics).
 ///
 /// # Errors
 /// When Kafka is unreachable, or refuses (the topic exists already, say).
 pub async fn create_topic(stack: &Stack, topic: &str, partitions: i32) -> Result<()> {
+    let min_insync = if stack.kafka_replication_factor >= 3 {
+        "2"
+    } else {
+        "1"
+    };
+    let new_topic = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(stack.kafka_replication_factor),
+    )
+    .set("min.insync.replicas", min_insync);
     let results = admin(stack)?
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &options(),
-        )
+        .create_topics(&[new_topic], &options())
         .await
         .map_err(|source| Error::Kafka {
             what: "create_topics request (is Kafka up? `make infra-up`)",

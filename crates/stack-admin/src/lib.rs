@@ -33,14 +33,14 @@ pub use settings::Stack;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A setting from the environment has the wrong form.
-    #[error("{name}={value:?} is not a port number")]
+    #[error("{name}={value:?} is not {expected}")]
     Setting {
         /// The variable.
         name: &'static str,
         /// What it holds.
         value: String,
-        /// Why it does not parse.
-        source: std::num::ParseIntError,
+        /// What it should hold.
+        expected: &'static str,
     },
     /// PostgreSQL refused or did not answer.
     #[error("PostgreSQL: {what}")]

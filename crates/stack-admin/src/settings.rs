@@ -12,6 +12,9 @@ pub struct Stack {
     pub database_admin_url: String,
     /// Kafka bootstrap servers.
     pub kafka_bootstrap_servers: String,
+    /// Replication factor of the topics created here: 1 on the one-broker stack, 3 with
+    /// `KAFKA_BROKERS=3` (`KAFKA_REPLICATION_FACTOR`).
+    pub kafka_replication_factor: i32,
     /// Kafka Connect REST base URL.
     pub kafka_connect_url: String,
     /// S3 API of MinIO.
@@ -44,28 +47,39 @@ impl Stack {
     /// Reads the settings, defaulting to the native stack's ports and credentials.
     ///
     /// # Errors
-    /// When `PG_PORT` is not a port number: a misconfigured run should stop at once, not
-    /// administer the wrong server.
+    /// When `PG_PORT` is not a port number, or `KAFKA_REPLICATION_FACTOR` not a positive
+    /// number: a misconfigured run should stop at once, not administer the wrong server.
     pub fn try_from_env() -> Result<Self> {
         let pg_port = var("PG_PORT", "5432");
         let pg_user = var("PG_USER", "eda");
         let pg_password = var("PG_PASSWORD", "eda");
+        let replication = var("KAFKA_REPLICATION_FACTOR", "1");
+        let kafka_replication_factor = replication
+            .parse::<i32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| Error::Setting {
+                name: "KAFKA_REPLICATION_FACTOR",
+                value: replication.clone(),
+                expected: "a replication factor (1 or more)",
+            })?;
         Ok(Self {
             database_admin_url: var(
                 "DATABASE_ADMIN_URL",
                 &format!("postgres://{pg_user}:{pg_password}@127.0.0.1:{pg_port}/postgres"),
             ),
             kafka_bootstrap_servers: var("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            kafka_replication_factor,
             kafka_connect_url: var("KAFKA_CONNECT_URL", "http://127.0.0.1:8083"),
             s3_endpoint: var("S3_ENDPOINT", "http://127.0.0.1:9000"),
             s3_bucket: var("S3_BUCKET", "eda-claim-checks"),
             aws_region: var("AWS_REGION", "us-east-1"),
             s3_access_key: var("MINIO_ROOT_USER", "minioadmin"),
             s3_secret_key: var("MINIO_ROOT_PASSWORD", "minioadmin"),
-            pg_port: pg_port.parse().map_err(|source| Error::Setting {
+            pg_port: pg_port.parse().map_err(|_| Error::Setting {
                 name: "PG_PORT",
                 value: pg_port.clone(),
-                source,
+                expected: "a port number",
             })?,
             pg_user,
             pg_password,
@@ -75,7 +89,7 @@ impl Stack {
     /// [`try_from_env`](Self::try_from_env) for tests, where a bad setting should stop the run.
     ///
     /// # Panics
-    /// When `PG_PORT` is not a port number.
+    /// When a setting has the wrong form (see [`try_from_env`](Self::try_from_env)).
     pub fn from_env() -> Self {
         Self::try_from_env().unwrap_or_else(|e| panic!("{e}"))
     }
