@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 .PHONY: help up down status urls deps infra-install infra-up infra-down infra-status infra-logs \
         infra-topics services-up services-down build fmt lint test bench token trace redrive debezium-register \
-        debezium-delete clean-run copy-check outbox-parked outbox-release projection-rebuild
+        debezium-delete clean-run copy-check chaos fuzz outbox-parked outbox-release projection-rebuild
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,8 +62,22 @@ copy-check: deps ## prove crates/outbox, idempotent-consumer and claim-check bui
 test: ## fmt check + clippy + all tests against the real stack (started and stopped if not running)
 	@infra/test.sh
 
+chaos: deps ## kill -9 every process at random under load, make up, then audit (CHAOS_KILLS=200, KAFKA_BROKERS=3, CHAOS_SEED)
+	@infra/chaos.sh
+
+.PHONY: demo
+demo: deps ## watch each pitfall happen (naive mode) and not happen (fixed), on the running system, with a summary table: make demo [ONLY=1,3] [JSON=path]
+	@source infra/env.sh && cargo run --release -q -p pitfall-lab -- demo $(if $(ONLY),--only "$(ONLY)") $(if $(JSON),--json "$(JSON)")
+
+fuzz: deps ## schemathesis against each running service's /openapi.json (started if need be): no 5xx, answers as documented, problem details (FUZZ_SEED, FUZZ_MAX_EXAMPLES)
+	@infra/fuzz.sh
+
 bench: deps ## run the benchmarks against the stack and print numbers (BENCH_ROWS, BENCH_SECONDS, BENCH_LARGE_EVENTS, BENCH_ES_ORDERS, ...)
 	@infra/bench.sh
+
+.PHONY: audit
+audit: deps ## check every topic and database against the contract; exit 1 on a violation: make audit [SETTLE=30] [CHECKS=1,views] [JSON=audit.json]
+	@source infra/env.sh && cargo run -q -p pitfall-lab -- audit --settle "$(or $(SETTLE),30)" $(if $(CHECKS),--checks "$(CHECKS)") $(if $(JSON),--json "$(JSON)")
 
 token: ## print a dev bearer token for curl: make token AS=alice [ROLE=admin]
 	@cargo run -q -p pitfall-lab -- token --user "$(or $(AS),alice)" $(if $(ROLE),--role $(ROLE))

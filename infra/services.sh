@@ -3,7 +3,14 @@
 # docker-compose.yml gives them. Services are the packages under services/ that have an HTTP
 # port below; anything else there (the pitfall-lab CLI) is not started.
 #
-#   infra/services.sh up | down | status
+#   infra/services.sh up | down | status | urls | pids | restart SERVICE
+#
+# restart stops one service and starts it again with the caller's environment, to switch its mode
+# without touching the others (`PUBLISH_MODE=direct infra/services.sh restart order-service`). It
+# does not build: it starts the binary the last `up` built (a mode switch never waits on cargo).
+#
+# EDA_SERVICES_PROFILE picks the cargo profile of the binaries (release by default; make test
+# uses dev, whose binaries `cargo test` has just built).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=infra/env.sh
@@ -22,10 +29,15 @@ ORDER=(order-service inventory-service projection-service)
 present() { for s in "${ORDER[@]}"; do [ -f "$EDA_ROOT/services/$s/Cargo.toml" ] && echo "$s"; done; return 0; }
 
 cmd_up() {
-  local list; list=$(present)
+  local list; list=${1:-$(present)}
   if [ -z "$list" ]; then say "no services in services/ yet: only the stack runs"; return 0; fi
-  # shellcheck disable=SC2046
-  (cd "$EDA_ROOT" && cargo build --release $(printf -- '-p %s ' $list)) || die "cargo build of the services failed"
+  local profile=${EDA_SERVICES_PROFILE:-release} dir
+  dir=$profile; [ "$profile" = dev ] && dir=debug
+  # EDA_SERVICES_BUILD=0 starts the binaries as they are (make chaos builds once, then restarts).
+  if [ "${2:-build}" = build ] && [ "${EDA_SERVICES_BUILD:-1}" != 0 ]; then
+    # shellcheck disable=SC2046
+    (cd "$EDA_ROOT" && cargo build --profile "$profile" $(printf -- '-p %s ' $list)) || die "cargo build of the services failed"
+  fi
   local target; target=$(cd "$EDA_ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
   for s in $list; do
     COMPONENT=$s
@@ -37,12 +49,13 @@ cmd_up() {
       for source_db in orders inventory; do "$here/debezium/register.sh" --cdc "$source_db"; done
     fi
     if pid_alive "$pid"; then say "already running"; continue; fi
+    wait_gone "$pid"
     refuse_busy_port "$port" "$s"
     say "starting on http://$EDA_BIND_HOST:$port (log: $log)"
     # EDA_DEV_MODE (infra/env.sh, 1 by default) lets the services accept the development JWT key.
     HTTP_HOST=$EDA_BIND_HOST HTTP_PORT=$port OTEL_SERVICE_NAME=$s EDA_DEV_MODE=$EDA_DEV_MODE \
       DATABASE_URL="postgres://$PG_USER:$PG_PASSWORD@$EDA_BIND_HOST:$PG_PORT/$db" \
-      start_bg "$pid" "$log" "$target/release/$s"
+      start_bg "$pid" "$log" "$target/$dir/$s"
     wait_until 60 "$s /healthz" "$log" "$pid" http_ok "http://$EDA_BIND_HOST:$port/healthz"
   done
 }
@@ -76,10 +89,30 @@ cmd_urls() {
   done
 }
 
+# "PROCESS PID LOG" per running service (for make chaos).
+cmd_pids() {
+  for s in $(present); do
+    local pid="$EDA_RUN_DIR/$s/$s.pid"
+    pid_alive "$pid" && printf '%s %s %s %s\n' "$s" "$(cat "$pid")" "$EDA_RUN_DIR/$s/$s.log" "$s"
+  done
+  return 0
+}
+
+# restart SERVICE: that service only, stopped then started with the caller's environment.
+cmd_restart() {
+  local s=${1:-}
+  present | grep -x -- "$s" >/dev/null || die "restart: which service? one of: $(present | tr '\n' ' ')"
+  COMPONENT=$s
+  if pid_alive "$EDA_RUN_DIR/$s/$s.pid"; then say "stopping"; stop_pid "$EDA_RUN_DIR/$s/$s.pid" 30; fi
+  cmd_up "$s" nobuild
+}
+
 case "${1:-}" in
   up) cmd_up ;;
+  pids) cmd_pids ;;
   down) cmd_down ;;
   status) cmd_status ;;
   urls) cmd_urls ;;
-  *) echo "usage: infra/services.sh up|down|status|urls" >&2; exit 2 ;;
+  restart) cmd_restart "${2:-}" ;;
+  *) echo "usage: infra/services.sh up|down|status|urls|pids|restart SERVICE" >&2; exit 2 ;;
 esac

@@ -4,10 +4,10 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A field that failed validation, with a message a client can show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Path of the field, e.g. `lines[2].quantity`.
     pub field: String,
@@ -46,6 +46,9 @@ pub enum ApiError {
     /// The order's state does not allow the operation.
     #[error("{0}")]
     Conflict(String),
+    /// The path exists, but not with this method (the router's fallback).
+    #[error("this route does not answer this method")]
+    MethodNotAllowed,
     /// An Idempotency-Key reused for a different request.
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
@@ -97,15 +100,27 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// The body of every error response: RFC 9457 problem details, sent as
+/// `application/problem+json`. Public so that clients and tests can read it, and so that the
+/// generated OpenAPI documents describe it (`#/components/schemas/ProblemDetails`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProblemDetails {
+    /// A URI naming the kind of problem; `about:blank` here: the status says it all.
     #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldError]>,
+    #[schema(example = "about:blank")]
+    pub kind: String,
+    /// The status's short, fixed summary, e.g. `Invalid request`.
+    pub title: String,
+    /// The HTTP status code, repeated for clients that only keep the body.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong with this request, for a person to read. Never internals: a 500 says to
+    /// quote the `x-request-id` instead.
+    pub detail: String,
+    /// One entry per invalid field (422 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub errors: Option<Vec<FieldError>>,
 }
 
 impl IntoResponse for ApiError {
@@ -115,6 +130,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid request"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             Self::IdempotencyKeyReused => {
@@ -138,13 +154,13 @@ impl IntoResponse for ApiError {
                 other.to_string()
             }
         };
-        let errors = match &self {
-            Self::Validation(errors) => Some(errors.as_slice()),
+        let errors = match self {
+            Self::Validation(errors) => Some(errors),
             _ => None,
         };
-        let body = Problem {
-            kind: "about:blank",
-            title,
+        let body = ProblemDetails {
+            kind: "about:blank".to_owned(),
+            title: title.to_owned(),
             status: status.as_u16(),
             detail,
             errors,

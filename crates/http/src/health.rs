@@ -13,15 +13,18 @@
 //! ```
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{FromRef, State};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::ApiError;
 
@@ -100,20 +103,61 @@ impl Readiness {
     }
 }
 
-/// `/healthz` and `/readyz`.
-pub fn router<S>() -> Router<S>
+/// `/healthz` and `/readyz`, documented in the router's OpenAPI document.
+pub fn router<S>() -> OpenApiRouter<S>
 where
     S: Clone + Send + Sync + 'static,
     Readiness: FromRef<S>,
 {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
+    OpenApiRouter::default()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
+/// Body of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`: an answer at all is the signal.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Body of a `/readyz` that passed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// Each check's name, with `ok`.
+    pub checks: BTreeMap<String, String>,
+}
+
+/// Liveness: the process answers (no dependency is checked).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "probes",
+    responses((status = 200, description = "The process answers", body = Alive))
+)]
+async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok" })
+}
+
+/// Readiness: every check the service registered passes (each at most [`CHECK_TIMEOUT`]).
 /// 200 `{"status": "ready", "checks": {"database": "ok", ...}}`, or 503 problem details whose
 /// `detail` names each failing check and why.
-async fn readyz(State(readiness): State<Readiness>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    responses(
+        (status = 200, description = "Every check passes", body = Ready),
+        (status = 503, description = "A check fails; `detail` names each failing check and why",
+            body = crate::ProblemDetails, content_type = "application/problem+json",
+            headers(("retry-after" = String, description = "Seconds to wait before asking again"))),
+    )
+)]
+async fn readyz(State(readiness): State<Readiness>) -> Result<Json<Ready>, ApiError> {
     let outcomes = readiness.run().await;
     let failing: Vec<String> = outcomes
         .iter()
@@ -126,11 +170,14 @@ async fn readyz(State(readiness): State<Readiness>) -> Result<Json<Value>, ApiEr
             failing.join("; ")
         )));
     }
-    let checks: Map<String, Value> = outcomes
+    let checks = outcomes
         .into_iter()
-        .map(|(name, _)| (name.into_owned(), Value::from("ok")))
+        .map(|(name, _)| (name.into_owned(), "ok".to_owned()))
         .collect();
-    Ok(Json(json!({"status": "ready", "checks": checks})))
+    Ok(Json(Ready {
+        status: "ready",
+        checks,
+    }))
 }
 
 /// A check that PostgreSQL answers `SELECT 1` through `pool`.

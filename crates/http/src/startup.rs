@@ -63,8 +63,8 @@ impl StartupError {
     }
 }
 
-/// A pool of 20 connections that gives up acquiring after 5 s (a request then fails with 500
-/// instead of hanging). The URL is a secret (it holds the password): it is exposed only to sqlx.
+/// A pool of 20 connections that gives up acquiring after 5 s (a request then fails with 503
+/// and `Retry-After` instead of hanging; see also [`crate::MAX_IN_FLIGHT`]). The URL is a secret (it holds the password): it is exposed only to sqlx.
 #[cfg(feature = "postgres")]
 pub async fn connect_database(url: &secrecy::SecretString) -> Result<sqlx::PgPool, StartupError> {
     use secrecy::ExposeSecret as _;

@@ -5,10 +5,19 @@
 //! - `pitfall-lab trace --request-id <id>` prints a request's trace from Jaeger as a tree.
 //! - `pitfall-lab outbox parked` lists outbox rows Kafka refused for good; `outbox release
 //!   --id N` sends one again once its cause is fixed.
+//! - `pitfall-lab chaos` kills the system's processes at random under load and audits the result.
+//! - `pitfall-lab audit` reads every topic and service database and reports the violations of
+//!   the contract (lost, orphaned, duplicated or reordered events, stock that does not add up,
+//!   views that differ from their sources); exit code 1 when it finds any.
+//! - `pitfall-lab demo` runs each pitfall in its naive mode, then fixed, against the running
+//!   system, and prints a table of what happened (`make demo`; `--only 1,3` for some).
 //! - `pitfall-lab bench <what>` runs a benchmark against the running stack and prints numbers
 //!   (`make bench` runs them all). Benchmarks report; they never pass or fail on speed.
 
+mod audit;
 mod bench;
+mod chaos;
+mod demo;
 mod event_store;
 mod outbox;
 mod rebuild;
@@ -77,6 +86,16 @@ enum Command {
         #[command(subcommand)]
         what: Projection,
     },
+    /// kill -9 the system's processes at random under load, bring them back with `make up`,
+    /// then check every order settled and audit the result (`make chaos`).
+    Chaos(chaos::Chaos),
+    /// Audit the running system: every topic from the beginning and every service database,
+    /// checked against the contract (`make audit`). Exit code 0 when clean, 1 on violations, 2
+    /// when the audit cannot run, 3 when `--settle` ran out with changes still in flight.
+    Audit(audit::Audit),
+    /// Each pitfall in its naive mode, then fixed, against the running system (`make up`),
+    /// with a summary table (`make demo`). The services' modes are put back afterwards.
+    Demo(demo::Demo),
     /// Benchmarks against the running stack (`make infra-up`).
     Bench {
         #[command(subcommand)]
@@ -123,7 +142,7 @@ async fn main() -> std::process::ExitCode {
             {
                 eprintln!("pitfall-lab: {err}");
             }
-            std::process::ExitCode::FAILURE
+            audit::exit_code(&*err).unwrap_or(std::process::ExitCode::FAILURE)
         }
     }
 }
@@ -194,6 +213,13 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
             use std::io::Write as _;
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
         }
+        Command::Chaos(args) => {
+            let text = chaos::run(args).await?;
+            use std::io::Write as _;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        }
+        Command::Audit(args) => audit::run(args).await?,
+        Command::Demo(args) => demo::run(args).await?,
         Command::Bench { what } => bench::run(what).await?,
     }
     Ok(())

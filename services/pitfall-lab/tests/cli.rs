@@ -1,5 +1,8 @@
 //! The command line as a user runs it (this also makes `cargo test --workspace` build the
-//! binary, which other packages' tests run: projection-service's rebuild test).
+//! binary, which other packages' tests run: projection-service's rebuild test). The audit's
+//! tests against the real system are a module of this binary (`audit/`): one link, not two.
+
+mod audit;
 
 use std::process::Command;
 
@@ -37,6 +40,7 @@ fn every_command_explains_itself() {
         &["projection", "rebuild", "--help"],
         &["bench", "projection", "--help"],
         &["bench", "event-sourcing", "--help"],
+        &["audit", "--help"],
     ] {
         let out = lab(args);
         assert!(
@@ -49,4 +53,8 @@ fn every_command_explains_itself() {
     let out = lab(&["projection", "rebuild", "--no-such-flag"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+    // An unknown check is refused with the list of checks.
+    let out = lab(&["audit", "--checks", "7"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 (missing-events)"));
 }

@@ -83,7 +83,7 @@ impl std::fmt::Debug for Rebuilds {
 }
 
 /// A generation's progress.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Progress {
     /// Its schema.
     pub generation: String,

@@ -4,6 +4,7 @@
 mod bulk;
 mod helpers;
 mod liveness;
+mod openapi;
 mod redelivery;
 mod saga;
 mod stale;

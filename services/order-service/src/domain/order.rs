@@ -10,36 +10,46 @@ pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
 
 /// What a client sends to `POST /orders`. Unknown fields are an error, not ignored: a typo in a
 /// field name must not silently drop data.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// The `#[schema(...)]` bounds document the rules [`NewOrder::parse`] enforces (a 422 names
+/// each field that breaks one); `parse` stays the authority.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrderRequest {
     /// Who the order is for.
     pub customer: CustomerRequest,
     /// ISO 4217 code, e.g. `EUR`.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
     /// At least one line.
+    #[schema(min_items = 1, max_items = 100_000)]
     pub lines: Vec<LineRequest>,
 }
 
 /// Customer part of [`NewOrderRequest`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerRequest {
-    /// Display name.
+    /// Display name: 1 to 200 characters once trimmed, no control characters.
+    #[schema(min_length = 1, max_length = 200, example = "Ada Lovelace")]
     pub name: String,
-    /// Contact e-mail.
+    /// Contact e-mail: 3 to 254 characters once trimmed, one `@`, no spaces.
+    #[schema(min_length = 3, max_length = 254, example = "ada@example.com")]
     pub email: String,
 }
 
 /// One line of [`NewOrderRequest`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineRequest {
     /// Stock keeping unit: `A-Z`, `0-9`, `-`, 1 to 64 characters.
+    #[schema(pattern = "^[A-Z0-9-]{1,64}$", example = "SKU-1")]
     pub sku: String,
     /// Units ordered, 1 to [`MAX_QUANTITY`].
+    #[schema(minimum = 1, maximum = 10_000)]
     pub quantity: i32,
     /// Price of one unit in cents, 0 to [`MAX_UNIT_PRICE_CENTS`].
+    #[schema(minimum = 0, maximum = 100_000_000)]
     pub unit_price_cents: i64,
 }
 
@@ -47,7 +57,7 @@ pub struct LineRequest {
 pub use eda_http::FieldError as ValidationError;
 
 /// A validated customer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Customer {
     /// Display name, trimmed, 1 to 200 characters.
     pub name: String,
@@ -77,7 +87,7 @@ impl Currency {
 }
 
 /// A validated order line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderLine {
     /// SKU.
     pub sku: String,
@@ -189,7 +199,7 @@ impl NewOrder {
 }
 
 /// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     /// Written, waiting for inventory.

@@ -3,23 +3,24 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use eda_idempotent_consumer::ConsumerCollector;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::registry::Registry;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::AppState;
 use eda_http::ApiError;
+use eda_http::openapi::ServerErrors;
 
 /// `/metrics`.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
 /// Events `PUBLISH_MODE=direct` lost (its producer gave up after the commit).
@@ -38,6 +39,18 @@ impl Collector for DirectFailures {
     }
 }
 
+/// OpenMetrics text: the outbox backlog, oldest pending age, parked rows, published events and
+/// errors, relay leadership; the consumer's counters; events `PUBLISH_MODE=direct` lost.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "probes",
+    responses(
+        (status = 200, description = "The metrics", body = String,
+            content_type = "application/openmetrics-text"),
+        ServerErrors,
+    )
+)]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut registry = Registry::default();
     if let Some(relay) = &state.relay_metrics {

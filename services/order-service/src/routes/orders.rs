@@ -2,11 +2,10 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use eda_context::EventContext;
 use eda_outbox::{OutboxEvent, enqueue};
@@ -14,37 +13,47 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, Row};
 use tracing::Instrument as _;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::domain::{Customer, NewOrder, NewOrderRequest, OrderLine, OrderStatus};
 use crate::state::AppState;
-use eda_http::{ApiError, AuthUser, JsonBody};
+use eda_http::openapi::{JsonBodyRejections, ServerErrors, Unauthorized};
+use eda_http::{ApiError, AuthUser, JsonBody, ProblemDetails};
 
 /// The routes of this resource. `POST /orders` alone accepts bodies up to
 /// `max_order_body_bytes` (a bulk order); every other route keeps the service's limit.
-pub fn router(max_order_body_bytes: usize) -> Router<AppState> {
-    Router::new()
-        .route(
-            "/orders",
-            post(create_order)
-                .layer(DefaultBodyLimit::max(max_order_body_bytes))
-                .get(list_orders),
-        )
-        .route("/orders/{id}", get(get_order))
-        .route("/orders/{id}/cancel", post(cancel_order))
+/// Each handler's `#[utoipa::path]` gives both its route and its part of `/openapi.json`.
+pub fn router(max_order_body_bytes: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_order).layer(DefaultBodyLimit::max(max_order_body_bytes)))
+        .routes(routes!(list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(cancel_order))
 }
 
 /// An order as the API returns it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OrderView {
+    /// Order id (UUIDv7: time-ordered).
     id: Uuid,
+    /// Where the order is in its life.
     status: OrderStatus,
+    /// 1 when placed, +1 on every change.
     revision: i64,
+    /// Who the order is for.
     customer: Customer,
+    /// ISO 4217 code of every price.
     currency: String,
+    /// The lines, in the order sent.
     lines: Vec<OrderLine>,
+    /// Sum of quantity x unit price.
     total_cents: i64,
+    /// When the order was placed.
     created_at: DateTime<Utc>,
+    /// When it last changed.
     updated_at: DateTime<Utc>,
 }
 
@@ -151,6 +160,34 @@ fn after_commit(state: &AppState, pending: impl IntoIterator<Item = OutboxEvent>
     }
 }
 
+/// Place an order for the caller; emits `OrderPlaced` in the same transaction.
+///
+/// A retried request with the same `Idempotency-Key` and body returns the first order
+/// (header `Idempotent-Replayed: true`) instead of placing another.
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false,
+        description = "1 to 128 visible ASCII characters; a retry with the same key and body returns the first order",
+        min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")),
+    request_body = NewOrderRequest,
+    responses(
+        (status = 201, description = "Placed (or replayed)", body = OrderView,
+            headers(("location" = String, description = "`/orders/{id}` of the order"),
+                    ("idempotent-replayed" = String, description = "`true` when an earlier request with this Idempotency-Key placed it"))),
+        JsonBodyRejections,
+        (status = 400, description = "Malformed JSON, or an Idempotency-Key that is not 1 to 128 visible ASCII characters",
+            body = ProblemDetails, content_type = "application/problem+json"),
+        Unauthorized,
+        (status = 409, description = "A request with this Idempotency-Key is still in progress",
+            body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (`errors` names each), or an Idempotency-Key already used for a different request",
+            body = ProblemDetails, content_type = "application/problem+json"),
+        ServerErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user.id = %user.user_id, order.id))]
 async fn create_order(
     State(state): State<AppState>,
@@ -392,6 +429,21 @@ fn view_from_row(
     })
 }
 
+/// One of the caller's orders (another user's is 404, like a missing one).
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "The id is not a UUID", body = ProblemDetails, content_type = "application/problem+json"),
+        Unauthorized,
+        (status = 404, description = "No such order of the caller's", body = ProblemDetails, content_type = "application/problem+json"),
+        ServerErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user.id = %user.user_id, order.id = %id))]
 async fn get_order(
     State(state): State<AppState>,
@@ -405,21 +457,42 @@ async fn get_order(
         .ok_or(ApiError::NotFound("order"))
 }
 
-/// Query of `GET /orders`.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /orders`. Unknown parameters are refused (400), like unknown body fields.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Orders per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// A page of orders, newest first; pass `next_cursor` back as `cursor` for the next page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct OrderPage {
+    /// The orders of this page.
     items: Vec<OrderView>,
+    /// The cursor of the next page; null on the last one.
     next_cursor: Option<String>,
 }
 
+/// The caller's orders, newest first, keyset-paged (stable while orders are added).
+#[utoipa::path(
+    get,
+    path = "/orders",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, description = "A limit out of range, a cursor this API did not return, or an unknown parameter",
+            body = ProblemDetails, content_type = "application/problem+json"),
+        Unauthorized,
+        ServerErrors,
+    )
+)]
 async fn list_orders(
     State(state): State<AppState>,
     user: AuthUser,
@@ -461,6 +534,23 @@ async fn list_orders(
     Ok(Json(OrderPage { items, next_cursor }))
 }
 
+/// Cancel one of the caller's orders; emits `OrderCancelled`. Idempotent: cancelling a
+/// cancelled order changes nothing and answers 200.
+#[utoipa::path(
+    post,
+    path = "/orders/{id}/cancel",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The cancelled order", body = OrderView),
+        (status = 400, description = "The id is not a UUID", body = ProblemDetails, content_type = "application/problem+json"),
+        Unauthorized,
+        (status = 404, description = "No such order of the caller's", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "A rejected order cannot be cancelled", body = ProblemDetails, content_type = "application/problem+json"),
+        ServerErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user.id = %user.user_id, order.id = %id))]
 async fn cancel_order(
     State(state): State<AppState>,

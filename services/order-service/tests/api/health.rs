@@ -3,7 +3,7 @@ use serde_json::Value;
 use crate::helpers::spawn_app;
 
 #[tokio::test]
-async fn health_readiness_metrics_and_openapi_answer() {
+async fn health_readiness_and_metrics_answer() {
     let app = spawn_app().await;
     let c = &app.client;
     assert_eq!(
@@ -34,27 +34,5 @@ async fn health_readiness_metrics_and_openapi_answer() {
     assert!(metrics.contains("outbox_pending_rows "), "{metrics}");
     assert!(metrics.contains("outbox_relay_leader "), "{metrics}");
 
-    let doc: Value = c
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for path in [
-        "/orders",
-        "/orders/{id}",
-        "/orders/{id}/cancel",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/openapi.json",
-    ] {
-        assert!(
-            doc["paths"].get(path).is_some(),
-            "openapi.json lacks {path}"
-        );
-    }
     app.stop().await;
 }

@@ -4,4 +4,5 @@
 mod debezium_mode;
 mod health;
 mod helpers;
+mod openapi;
 mod orders;

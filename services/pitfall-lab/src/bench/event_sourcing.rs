@@ -73,10 +73,10 @@ pub(super) async fn run(stack: &Stack, orders: usize, loads: usize) -> Result<()
 }
 
 /// A deterministic pseudo-random sequence (xorshift64*), the same every run.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
 
@@ -115,7 +115,7 @@ fn placed(rng: &mut Rng, user: u64) -> OrderEvent {
 
 /// A history of `len` events: placed, then lines added and removed in turn (the order keeps
 /// a few lines however long its history), confirmed at the end.
-fn history(rng: &mut Rng, len: i64) -> Vec<OrderEvent> {
+pub(crate) fn history(rng: &mut Rng, len: i64) -> Vec<OrderEvent> {
     let mut events = vec![placed(rng, 7)];
     let mut last_added = String::new();
     for i in 2..=len {
@@ -140,7 +140,7 @@ fn history(rng: &mut Rng, len: i64) -> Vec<OrderEvent> {
 }
 
 /// The CRUD tables of the comparison.
-async fn crud_schema(pool: &PgPool) -> Result<(), BoxError> {
+pub(crate) async fn crud_schema(pool: &PgPool) -> Result<(), BoxError> {
     sqlx::raw_sql(
         "CREATE TABLE orders_crud (id uuid PRIMARY KEY, user_id text NOT NULL, currency text NOT NULL, \
          status text NOT NULL, total_cents bigint NOT NULL, version bigint NOT NULL); \
@@ -154,7 +154,11 @@ async fn crud_schema(pool: &PgPool) -> Result<(), BoxError> {
 }
 
 /// Stores `state` as CRUD order `id`.
-async fn crud_insert(pool: &PgPool, id: Uuid, state: &OrderState) -> Result<(), BoxError> {
+pub(crate) async fn crud_insert(
+    pool: &PgPool,
+    id: Uuid,
+    state: &OrderState,
+) -> Result<(), BoxError> {
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO orders_crud (id, user_id, currency, status, total_cents, version) \
@@ -186,7 +190,7 @@ async fn crud_insert(pool: &PgPool, id: Uuid, state: &OrderState) -> Result<(), 
 }
 
 /// Reads CRUD order `id` into the same state the event store would give.
-async fn crud_load(pool: &PgPool, id: Uuid) -> Result<OrderState, BoxError> {
+pub(crate) async fn crud_load(pool: &PgPool, id: Uuid) -> Result<OrderState, BoxError> {
     let mut conn = pool.acquire().await?;
     let (user_id, currency, status, total_cents, version): (String, String, String, i64, i64) =
         sqlx::query_as(

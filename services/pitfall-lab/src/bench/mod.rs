@@ -12,7 +12,8 @@ mod common;
 mod consumer;
 mod counted;
 mod drain;
-mod event_sourcing;
+// Its histories and CRUD tables are reused, small, by `demo` (pitfall 2).
+pub(crate) mod event_sourcing;
 mod http;
 mod large_latency;
 mod large_rss;

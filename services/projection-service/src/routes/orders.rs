@@ -8,28 +8,31 @@
 
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use eda_http::{ApiError, AuthUser};
+use eda_http::openapi::{ServerErrors, Unauthorized};
+use eda_http::{ApiError, AuthUser, ProblemDetails};
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::paging::{Page, next_cursor};
-use super::{is_admin, may_read};
+use super::{db_text, is_admin, may_read};
 use crate::state::AppState;
 
 /// The routes of this view.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/orders", get(list_orders))
-        .route("/orders/{id}", get(get_order))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_orders))
+        .routes(routes!(get_order))
 }
 
 /// One line of an order.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
 pub struct LineView {
     /// Position in the order.
     pub line_no: i32,
@@ -42,7 +45,7 @@ pub struct LineView {
 }
 
 /// What inventory-service decided for the order.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReservationView {
     /// `RESERVED`, `REJECTED` or `RELEASED`.
     pub status: String,
@@ -53,7 +56,7 @@ pub struct ReservationView {
 }
 
 /// How fresh a view row is.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Freshness {
     /// When the source transaction committed.
     pub source_committed_at: DateTime<Utc>,
@@ -62,7 +65,7 @@ pub struct Freshness {
 }
 
 /// The order view.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OrderView {
     /// Order id.
     pub id: Uuid,
@@ -165,9 +168,15 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 /// `?min_revision=&wait_ms=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Wait {
+    /// Wait until the view holds at least this revision of the order (1 or more).
+    #[param(minimum = 1)]
     min_revision: Option<i64>,
+    /// How long to wait for it, in ms: at most `MIN_REVISION_MAX_WAIT_MS` (10,000 unless the
+    /// service is configured otherwise; more is a 400), which is also the default.
+    #[param(maximum = 10_000)]
     wait_ms: Option<u64>,
 }
 
@@ -182,6 +191,23 @@ async fn fetch_order(state: &AppState, id: Uuid) -> Result<Option<OrderView>, Ap
     Ok(row.as_ref().map(order_from).transpose()?)
 }
 
+/// One order's view (the owner's, or any with the admin role). With `min_revision`, waits
+/// until the view holds that revision: read-your-writes on request.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "views",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Order id"), Wait),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "The id is not a UUID, or min_revision or wait_ms out of range", body = ProblemDetails, content_type = "application/problem+json"),
+        Unauthorized,
+        (status = 404, description = "Not in the view, or not the caller's", body = ProblemDetails, content_type = "application/problem+json"),
+        (status = 409, description = "min_revision not reached within the wait: the detail says which revision the view holds", body = ProblemDetails, content_type = "application/problem+json"),
+        ServerErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user.id = %user.user_id, order.id = %id))]
 async fn get_order(
     State(state): State<AppState>,
@@ -243,23 +269,46 @@ async fn get_order(
 }
 
 /// `?limit=&cursor=&status=&user_id=` (`user_id`: admin only).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Orders per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only orders in this status: `PLACED`, `CONFIRMED`, `REJECTED` or `CANCELLED`.
     status: Option<String>,
+    /// Only this user's orders (admin role).
     user_id: Option<String>,
 }
 
 /// A page of orders, newest first; pass `next_cursor` back as `cursor` for the next page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct OrderPage {
+    /// The orders of this page.
     items: Vec<OrderView>,
+    /// The cursor of the next page; null on the last one.
     next_cursor: Option<String>,
 }
 
 const STATUSES: [&str; 4] = ["PLACED", "CONFIRMED", "REJECTED", "CANCELLED"];
 
+/// The caller's orders in the view, newest first (admin role: everyone's, or one user's).
+#[utoipa::path(
+    get,
+    path = "/orders",
+    tag = "views",
+    security(("bearer" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, description = "A limit out of range, a cursor this API did not return, an unknown status, a user_id with a NUL character, or a malformed query", body = ProblemDetails, content_type = "application/problem+json"),
+        Unauthorized,
+        (status = 403, description = "user_id without the admin role", body = ProblemDetails, content_type = "application/problem+json"),
+        ServerErrors,
+    )
+)]
 async fn list_orders(
     State(state): State<AppState>,
     user: AuthUser,
@@ -287,7 +336,7 @@ async fn list_orders(
                 "listing another user's orders needs the admin role".to_owned(),
             ));
         }
-        (Some(u), true) => Some(u.clone()),
+        (Some(u), true) => Some(db_text("user_id", u)?.to_owned()),
         (None, true) => None,
         (None, false) => Some(user.user_id.clone()),
     };

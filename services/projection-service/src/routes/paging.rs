@@ -5,9 +5,13 @@ use eda_http::ApiError;
 use serde::Deserialize;
 
 /// `?limit=&cursor=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct Page {
+    /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub(crate) limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     pub(crate) cursor: Option<String>,
 }
 
@@ -37,6 +41,12 @@ impl Page {
             })
             .transpose()
     }
+}
+
+/// A text key as cursor: any string PostgreSQL can hold (one with a NUL cannot be a key this
+/// API returned, and would fail the query).
+pub(crate) fn text_key(cursor: &str) -> Option<String> {
+    (!cursor.contains('\0')).then(|| cursor.to_owned())
 }
 
 /// Cuts `rows` (fetched with `limit + 1`) to `limit` and returns the next page's cursor.
@@ -75,5 +85,7 @@ mod tests {
         );
         assert_eq!(rows, [1, 2]);
         assert_eq!(next_cursor(&mut rows, 2, |r| r.to_string()), None);
+        assert_eq!(text_key("SKU-1").as_deref(), Some("SKU-1"));
+        assert_eq!(text_key("a\0b"), None);
     }
 }
