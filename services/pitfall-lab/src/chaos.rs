@@ -16,6 +16,8 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::scripts::script;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a kill may hit. `kafka` picks one broker of the cluster (`KAFKA_BROKERS=3`: brokers die
@@ -528,50 +530,8 @@ fn render(s: &Summary) -> String {
 
 /// `make up` without the build prerequisites: the stack, then the services; what runs stays.
 async fn make_up(root: &Path, log: &Path) -> Result<(), BoxError> {
-    script(root, "infra/stack.sh", &["up"], log).await?;
-    script(root, "infra/services.sh", &["up"], log).await
-}
-
-/// Runs an infra script, its output appended to `log`; its error lines (which name the
-/// component and its log's tail) come back in the error.
-async fn script(root: &Path, path: &str, args: &[&str], log: &Path) -> Result<(), BoxError> {
-    let started = Instant::now();
-    let out = tokio::process::Command::new(root.join(path))
-        .args(args)
-        .current_dir(root)
-        .output()
-        .await
-        .map_err(|e| format!("{path}: {e}"))?;
-    {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        writeln!(
-            f,
-            "===== {} {path} {} ({:.1} s, {}) =====",
-            chrono::Utc::now().format("%FT%T%.3fZ"),
-            args.join(" "),
-            started.elapsed().as_secs_f64(),
-            out.status
-        )?;
-        f.write_all(&out.stdout)?;
-        f.write_all(&out.stderr)?;
-    }
-    if out.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = stderr.lines().collect();
-        Err(format!(
-            "{path} {} exited with {}:\n{}",
-            args.join(" "),
-            out.status,
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        )
-        .into())
-    }
+    script(root, "infra/stack.sh", &["up"], None, log).await?;
+    script(root, "infra/services.sh", &["up"], None, log).await
 }
 
 async fn processes(root: &Path) -> Result<Vec<Process>, BoxError> {

@@ -21,6 +21,7 @@ mod demo;
 mod event_store;
 mod outbox;
 mod rebuild;
+mod scripts;
 mod trace;
 
 use std::time::Duration;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::{BoxError, Demo, say};
+use crate::scripts::script;
 
 /// The variables of the pitfalls' modes, with the services' defaults (the fixed modes).
 pub const MODES: [(&str, &str); 4] = [
@@ -416,51 +417,6 @@ impl System {
             .into());
         }
         Ok(parse_pids(&String::from_utf8_lossy(&out.stdout)))
-    }
-}
-
-/// Runs an infra script in its own process group, output appended to `log`; with `env`, the
-/// script gets exactly that environment. The error carries the script's last lines of stderr.
-async fn script(
-    root: &Path,
-    path: &str,
-    args: &[&str],
-    env: Option<&BTreeMap<String, String>>,
-    log: &Path,
-) -> Result<(), BoxError> {
-    let mut command = tokio::process::Command::new(root.join(path));
-    command.args(args).current_dir(root).process_group(0);
-    if let Some(env) = env {
-        command.env_clear().envs(env);
-    }
-    let out = command.output().await.map_err(|e| format!("{path}: {e}"))?;
-    {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        writeln!(
-            f,
-            "===== {} {path} {} =====",
-            chrono::Utc::now().to_rfc3339(),
-            args.join(" ")
-        )?;
-        f.write_all(&out.stdout)?;
-        f.write_all(&out.stderr)?;
-    }
-    if out.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = stderr.lines().collect();
-        Err(format!(
-            "{path} {} exited with {}:\n{}",
-            args.join(" "),
-            out.status,
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
-        .into())
     }
 }
 
