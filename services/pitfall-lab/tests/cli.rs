@@ -3,6 +3,7 @@
 //! tests against the real system are a module of this binary (`audit/`): one link, not two.
 
 mod audit;
+mod demo;
 
 use std::process::Command;
 
