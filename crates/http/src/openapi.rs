@@ -249,6 +249,27 @@ fn requirement_names(requirement: &utoipa::openapi::security::SecurityRequiremen
 /// it did not find, e.g. `order not found`).
 pub const NO_ROUTE_DETAIL: &str = "route not found";
 
+/// Every documented operation as `"METHOD /path"`, sorted: what a service's route test
+/// compares with the routes it expects.
+pub fn operations(doc: &OpenApi) -> Vec<String> {
+    let mut ops = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        for (method, operation) in [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("PATCH", &item.patch),
+            ("DELETE", &item.delete),
+        ] {
+            if operation.is_some() {
+                ops.push(format!("{method} {path}"));
+            }
+        }
+    }
+    ops.sort();
+    ops
+}
+
 /// One request of a route check ([`probes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
