@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::scripts::script;
+use crate::scripts::{SystemArgs, script};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -61,26 +61,9 @@ pub struct Chaos {
     /// Writes the summary as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// The repository (its infra/ scripts start and stop the system).
-    #[arg(long, env = "EDA_ROOT", default_value = ".")]
-    root: PathBuf,
-    /// order-service.
-    #[arg(
-        long,
-        env = "ORDER_SERVICE_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    order_url: String,
-    /// inventory-service (stock for the load is put there first).
-    #[arg(
-        long,
-        env = "INVENTORY_SERVICE_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    inventory_url: String,
-    /// Signing key of the services' bearer tokens.
-    #[arg(long, env = "JWT_SECRET", default_value = order_service::configuration::DEV_JWT_SECRET, hide_env_values = true)]
-    secret: String,
+    /// Where the system runs.
+    #[command(flatten)]
+    system: SystemArgs,
 }
 
 /// One running process of the system, as the native scripts report it.
@@ -186,10 +169,10 @@ pub async fn run(args: Chaos) -> Result<String, BoxError> {
     // The kills' choices come from this seed (the load's own randomness does not matter).
     let mut rng = fastrand::Rng::with_seed(seed);
     let started = Instant::now();
-    let root = args.root.canonicalize().map_err(|e| {
+    let root = args.system.root.canonicalize().map_err(|e| {
         format!(
             "--root {}: {e} (run from the repository, or set EDA_ROOT)",
-            args.root.display()
+            args.system.root.display()
         )
     })?;
     let run_dir = run_dir(&root).join("chaos");
@@ -229,14 +212,14 @@ pub async fn run(args: Chaos) -> Result<String, BoxError> {
     let run_id = Uuid::now_v7().simple().to_string()[20..].to_uppercase();
     let skus: Vec<String> = (0..12).map(|k| format!("CHAOS-{run_id}-{k}")).collect();
     let admin = order_service::auth::issue_token(
-        &args.secret,
+        &args.system.secret,
         "chaos-admin",
         &["admin".to_owned()],
         Duration::from_secs(24 * 3600),
     )?;
     for sku in &skus {
         let r = client
-            .put(format!("{}/inventory/{sku}", args.inventory_url))
+            .put(format!("{}/inventory/{sku}", args.system.inventory_url))
             .bearer_auth(&admin)
             .json(&serde_json::json!({ "available": 400 }))
             .send()
@@ -252,8 +235,8 @@ pub async fn run(args: Chaos) -> Result<String, BoxError> {
     let stop = tokio_util::sync::CancellationToken::new();
     let generator = tokio::spawn(generate(
         client.clone(),
-        args.order_url.clone(),
-        args.secret.clone(),
+        args.system.order_url.clone(),
+        args.system.secret.clone(),
         skus,
         args.rate,
         args.cancel_share,
@@ -346,8 +329,8 @@ pub async fn run(args: Chaos) -> Result<String, BoxError> {
     let t = Instant::now();
     let unsettled = settle(
         &client,
-        &args.order_url,
-        &args.secret,
+        &args.system.order_url,
+        &args.system.secret,
         &accepted,
         Duration::from_secs(args.settle_timeout),
     )
@@ -425,7 +408,7 @@ async fn probe(
 ) -> Result<(), String> {
     let user = "chaos-probe";
     let token =
-        order_service::auth::issue_token(&args.secret, user, &[], Duration::from_secs(3600))
+        order_service::auth::issue_token(&args.system.secret, user, &[], Duration::from_secs(3600))
             .map_err(|e| format!("cannot sign a token: {e}"))?;
     let body = serde_json::json!({
         "customer": {"name": "Chaos Probe", "email": "probe@example.com"},
@@ -437,7 +420,7 @@ async fn probe(
     let mut backoff = Backoff::default();
     let id = loop {
         if let Ok(r) = client
-            .post(format!("{}/orders", args.order_url))
+            .post(format!("{}/orders", args.system.order_url))
             .bearer_auth(&token)
             .header("idempotency-key", &key)
             .json(&body)
@@ -455,7 +438,7 @@ async fn probe(
         if started.elapsed() > Duration::from_secs(60) {
             return Err(format!(
                 "after the kills, order-service accepted no new order for 60 s (log: {})",
-                run_dir(&args.root)
+                run_dir(&args.system.root)
                     .join("order-service/order-service.log")
                     .display()
             ));
@@ -469,8 +452,8 @@ async fn probe(
     }];
     let unsettled = settle(
         client,
-        &args.order_url,
-        &args.secret,
+        &args.system.order_url,
+        &args.system.secret,
         &probe,
         Duration::from_secs(120),
     )

@@ -2,9 +2,35 @@
 //! and `pitfall-lab chaos` the way a user would, their output kept in a log.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where the running system is, as `make up` starts it: the repository whose infra/ scripts
+/// run it, the services' URLs and the key their tokens are signed with.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SystemArgs {
+    /// The repository (its infra/ scripts start, stop and switch the system).
+    #[arg(long, env = "EDA_ROOT", default_value = ".")]
+    pub root: PathBuf,
+    /// order-service.
+    #[arg(
+        long,
+        env = "ORDER_SERVICE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub order_url: String,
+    /// inventory-service.
+    #[arg(
+        long,
+        env = "INVENTORY_SERVICE_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub inventory_url: String,
+    /// Signing key of the services' bearer tokens.
+    #[arg(long, env = "JWT_SECRET", default_value = order_service::configuration::DEV_JWT_SECRET, hide_env_values = true)]
+    pub secret: String,
+}
 
 /// Runs an infra script in its own process group, output appended to `log`; with `env`, the
 /// script gets exactly that environment. The error carries the script's last lines of stderr.

@@ -46,9 +46,9 @@ impl Api {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()?,
-            secret: args.secret.clone(),
-            order: args.order_url.trim_end_matches('/').to_owned(),
-            inventory: args.inventory_url.trim_end_matches('/').to_owned(),
+            secret: args.system.secret.clone(),
+            order: args.system.order_url.trim_end_matches('/').to_owned(),
+            inventory: args.system.inventory_url.trim_end_matches('/').to_owned(),
             projection: args.projection_url.trim_end_matches('/').to_owned(),
         })
     }

@@ -61,23 +61,9 @@ pub struct Demo {
     /// Lines of the bulk order (pitfall 4; 50,000 lines make an `OrderPlaced` of about 3.6 MB).
     #[arg(long, default_value_t = 50_000)]
     bulk_lines: usize,
-    /// The repository (its infra/ scripts switch modes and stop Kafka).
-    #[arg(long, env = "EDA_ROOT", default_value = ".")]
-    root: PathBuf,
-    /// order-service.
-    #[arg(
-        long,
-        env = "ORDER_SERVICE_URL",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    order_url: String,
-    /// inventory-service.
-    #[arg(
-        long,
-        env = "INVENTORY_SERVICE_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    inventory_url: String,
+    /// Where the system runs.
+    #[command(flatten)]
+    system: crate::scripts::SystemArgs,
     /// projection-service.
     #[arg(
         long,
@@ -92,9 +78,6 @@ pub struct Demo {
         default_value = "http://127.0.0.1:16686"
     )]
     jaeger: String,
-    /// Signing key of the services' bearer tokens.
-    #[arg(long, env = "JWT_SECRET", default_value = order_service::configuration::DEV_JWT_SECRET, hide_env_values = true)]
-    secret: String,
 }
 
 /// Progress, as it happens: one line on stderr, with the seconds since the demo started.

@@ -86,10 +86,10 @@ pub struct System {
 impl System {
     /// Finds what runs, and each service's environment.
     pub async fn discover(args: &Demo) -> Result<Self, BoxError> {
-        let root = args.root.canonicalize().map_err(|e| {
+        let root = args.system.root.canonicalize().map_err(|e| {
             format!(
                 "--root {}: {e} (run from the repository, or set EDA_ROOT)",
-                args.root.display()
+                args.system.root.display()
             )
         })?;
         let run_dir = std::env::var_os("EDA_RUN_DIR")
