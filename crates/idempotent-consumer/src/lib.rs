@@ -34,7 +34,9 @@ pub use metrics::{ConsumerCollector, ConsumerMetrics, Stuck};
 pub use redrive::{RedriveReport, redrive};
 pub use resolve::{CLAIM_CHECK_HEADER, PayloadResolver, Resolved};
 pub use revision::{RevisionCheck, check_revision, expect_one_row};
-pub use runtime::{CONSUMER_GUARANTEES, Consumer, ConsumerConfig, Dedupe, Handler};
+pub use runtime::{
+    CONSUMER_GUARANTEES, Consumer, ConsumerConfig, Dedupe, Handler, SESSION_DEFAULTS,
+};
 pub use tables::{ConsumerTables, MIGRATIONS_TABLE};
 
 /// A boxed error for transient failures.

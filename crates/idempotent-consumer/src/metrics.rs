@@ -1,6 +1,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use std::fmt::Write as _;
@@ -58,6 +58,11 @@ pub struct ConsumerMetrics {
     pub(crate) chunks_stored: AtomicU64,
     pub(crate) chunk_sets_expired: AtomicU64,
     stuck: Mutex<Option<Stuck>>,
+    /// Since when the consumer has not been a member of its group (`None`: it is one, or it
+    /// has not started).
+    outside_since: Mutex<Option<Instant>>,
+    /// How long it may stay outside before [`ConsumerMetrics::health`] fails, in ms.
+    outside_limit_ms: AtomicU64,
 }
 
 impl ConsumerMetrics {
@@ -100,9 +105,60 @@ impl ConsumerMetrics {
         self.stuck.lock().ok().and_then(|s| s.clone())
     }
 
-    /// `Ok` unless a partition is stuck: a readiness check (`/readyz`) in one call.
+    /// Whether the consumer is a member of its group now: it has joined and has an assignment
+    /// (possibly empty, when the group has more members than partitions). `false` before the
+    /// first join, and from a rebalance, a lost session or a stop until the next assignment.
+    pub fn in_group(&self) -> bool {
+        self.outside().is_none()
+    }
+
+    /// How long the consumer has been outside its group, if it is.
+    pub fn outside(&self) -> Option<Duration> {
+        self.outside_since
+            .lock()
+            .ok()
+            .and_then(|s| s.map(|since| since.elapsed()))
+    }
+
+    /// `Ok` unless a partition is stuck, or the consumer has been outside its group for longer
+    /// than `stuck_after` (nothing is consumed meanwhile, whatever the lag says): a readiness
+    /// check (`/readyz`) in one call.
     pub fn health(&self) -> Result<(), String> {
-        self.stuck().map_or(Ok(()), |stuck| Err(stuck.to_string()))
+        if let Some(stuck) = self.stuck() {
+            return Err(stuck.to_string());
+        }
+        let limit = Duration::from_millis(self.outside_limit_ms.load(Ordering::Relaxed));
+        match self.outside() {
+            Some(outside) if outside >= limit => Err(format!(
+                "not a member of its consumer group for {} s, consuming nothing (Kafka unreachable, or the group still rebalancing; the log says which)",
+                outside.as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts the clock: the consumer is outside its group until its first assignment, and
+    /// unhealthy once it stays outside for `limit`.
+    pub(crate) fn starting(&self, limit: Duration) {
+        self.outside_limit_ms.store(
+            u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.left_group();
+    }
+
+    /// Joined (an assignment arrived).
+    pub(crate) fn joined_group(&self) {
+        if let Ok(mut since) = self.outside_since.lock() {
+            *since = None;
+        }
+    }
+
+    /// Left the group (revoked, lost or failed rebalance); the first moment counts.
+    pub(crate) fn left_group(&self) {
+        if let Ok(mut since) = self.outside_since.lock() {
+            since.get_or_insert_with(Instant::now);
+        }
     }
 
     /// Records `stuck`; returns whether it is newly stuck (not the same event as before).
@@ -138,7 +194,7 @@ impl ConsumerMetrics {
         out
     }
 
-    fn snapshot(&self) -> [u64; 9] {
+    fn snapshot(&self) -> [u64; 10] {
         [
             self.processed(),
             self.duplicates(),
@@ -149,13 +205,14 @@ impl ConsumerMetrics {
             self.chunk_sets_expired(),
             self.lag(),
             u64::from(self.stuck().is_some()),
+            u64::from(self.in_group()),
         ]
     }
 }
 
 /// Names, help and kinds of the consumer families, in [`ConsumerMetrics::snapshot`] order.
 /// Counter names get their `_total` suffix from the encoder.
-const FAMILIES: [(&str, &str, bool); 9] = [
+const FAMILIES: [(&str, &str, bool); 10] = [
     ("consumer_processed", "Events applied.", true),
     (
         "consumer_duplicates",
@@ -191,6 +248,11 @@ const FAMILIES: [(&str, &str, bool); 9] = [
     (
         "consumer_stuck",
         "1 while a partition retries one event for longer than stuck_after.",
+        false,
+    ),
+    (
+        "consumer_in_group",
+        "1 while the consumer is a member of its group (joined, with an assignment).",
         false,
     ),
 ];
@@ -262,7 +324,7 @@ impl EncodeLabelValue for Escaped<'_> {
 
 /// Values read once per scrape, per group.
 #[derive(Debug)]
-struct Snapshots(Vec<(String, [u64; 9])>);
+struct Snapshots(Vec<(String, [u64; 10])>);
 
 impl Collector for Snapshots {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
@@ -318,5 +380,25 @@ mod tests {
             text.contains(r#"group="we\"ird\ngroup""#),
             "escaped: {text}"
         );
+    }
+
+    #[test]
+    fn outside_the_group_for_longer_than_the_limit_is_unhealthy() {
+        let m = ConsumerMetrics::default();
+        assert!(m.in_group(), "not started: nothing to report");
+        m.starting(Duration::ZERO);
+        assert!(!m.in_group());
+        let err = m.health().unwrap_err();
+        assert!(err.contains("not a member of its consumer group"), "{err}");
+        m.joined_group();
+        assert_eq!(m.health(), Ok(()));
+        m.starting(Duration::from_secs(3600));
+        assert!(!m.in_group());
+        assert_eq!(m.health(), Ok(()), "outside, but not for long");
+        m.joined_group();
+        m.left_group();
+        let first = m.outside().unwrap();
+        m.left_group();
+        assert!(m.outside().unwrap() >= first, "the first moment counts");
     }
 }

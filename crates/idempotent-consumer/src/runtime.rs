@@ -71,7 +71,8 @@ pub struct ConsumerConfig {
     pub backoff_initial: Duration,
     /// Longest pause between retries of one event.
     pub backoff_max: Duration,
-    /// Extra librdkafka settings for the consumer (e.g. `session.timeout.ms`).
+    /// Extra librdkafka settings for the consumer (e.g. `session.timeout.ms`, which starts from
+    /// [`SESSION_DEFAULTS`]).
     pub kafka_overrides: Vec<(String, String)>,
     /// Processed-event records older than this are pruned (hourly, by the running consumer).
     /// Keep it longer than the topics' retention (Kafka's default: 7 days), or a replay of
@@ -142,6 +143,19 @@ pub const CONSUMER_GUARANTEES: &[(&str, &str)] = &[
     ("isolation.level", "read_committed"),
 ];
 
+/// Group-session settings the runtime starts from (a `kafka_overrides` entry replaces them).
+///
+/// Kafka's default session timeout is 45 s. When a broker (or a single-broker cluster) comes
+/// back after an outage longer than the session, every consumer rejoins as a new member, and
+/// the restarted coordinator holds the rebalance until the old members' sessions expire: one
+/// more session timeout with nothing consumed (measured here: 42 s after the broker was back
+/// with 45 s; 10 s gives about 10 s). Heartbeats run on librdkafka's own thread, so a slow
+/// handler never misses one (`max.poll.interval.ms`, 5 minutes, bounds the handler instead).
+pub const SESSION_DEFAULTS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "3000"),
+];
+
 /// What a service implements: apply one event inside the given transaction. Return
 /// [`HandlerError::Transient`] to have it retried, [`HandlerError::Permanent`] to dead-letter it.
 /// Do not commit or roll back `tx`: the runtime does, together with the dedupe record.
@@ -170,24 +184,38 @@ type Fresh = Arc<Mutex<HashSet<(String, i32)>>>;
 
 struct Context {
     fresh: Fresh,
+    metrics: Arc<ConsumerMetrics>,
 }
 
 impl ClientContext for Context {}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(_) = rebalance {
-            // Commit what was stored (applied) before the partitions move to another member.
-            let _ = consumer.commit_consumer_state(CommitMode::Sync);
+        match rebalance {
+            Rebalance::Revoke(_) => {
+                self.metrics.left_group();
+                // Commit what was stored (applied) before the partitions move to another
+                // member; pointless (and refused) when the session was lost.
+                if !consumer.assignment_lost() {
+                    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+                }
+            }
+            Rebalance::Error(err) => {
+                self.metrics.left_group();
+                tracing::warn!(error = %err, "consumer group rebalance failed; rejoining");
+            }
+            Rebalance::Assign(_) => {}
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(partitions) = rebalance
-            && let Ok(mut fresh) = self.fresh.lock()
-        {
-            for p in partitions.elements() {
-                fresh.insert((p.topic().to_owned(), p.partition()));
+        if let Rebalance::Assign(partitions) = rebalance {
+            self.metrics.joined_group();
+            tracing::info!(partitions = partitions.count(), "consumer group joined");
+            if let Ok(mut fresh) = self.fresh.lock() {
+                for p in partitions.elements() {
+                    fresh.insert((p.topic().to_owned(), p.partition()));
+                }
             }
         }
     }
@@ -358,13 +386,19 @@ impl<H: Handler> Consumer<H> {
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000");
+        for (k, v) in SESSION_DEFAULTS {
+            config.set(*k, *v);
+        }
         for (k, v) in &self.config.kafka_overrides {
             config.set(k, v);
         }
         for (k, v) in CONSUMER_GUARANTEES {
             config.set(*k, *v);
         }
-        let consumer: StreamConsumer<Context> = config.create_with_context(Context { fresh })?;
+        let consumer: StreamConsumer<Context> = config.create_with_context(Context {
+            fresh,
+            metrics: Arc::clone(&self.metrics),
+        })?;
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(consumer)
@@ -415,7 +449,6 @@ impl<H: Handler> Consumer<H> {
         let consumer = Arc::new(self.kafka_consumer(Arc::clone(&fresh))?);
         let dlq: FutureProducer = dlq_producer(&self.config.bootstrap_servers).create()?;
         let lag_running = Arc::new(AtomicBool::new(false));
-        let mut next_lag = tokio::time::Instant::now();
         let prunes = self.config.dedupe == Dedupe::EventId || self.config.guards_revisions();
         let pruner = self.config.retention.filter(|_| prunes).map(|age| {
             let (pool, stop, tables) = (self.pool.clone(), shutdown.clone(), self.config.tables.clone());
@@ -435,9 +468,17 @@ impl<H: Handler> Consumer<H> {
         let sweeper = tokio::spawn(self.sweeper(dlq.clone()).run(shutdown.clone()));
         tracing::info!(group = %self.config.group_id, topics = ?self.config.topics, dedupe = ?self.config.dedupe, "consumer started");
 
+        self.metrics.starting(self.config.stuck_after);
+        let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
+        lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let message = tokio::select! {
                 () = shutdown.cancelled() => break,
+                // Also while nothing arrives: an idle consumer's lag is still news.
+                _ = lag_tick.tick() => {
+                    self.refresh_lag(&consumer, &lag_running);
+                    continue;
+                }
                 m = consumer.recv() => m,
             };
             let message = match message {
@@ -467,12 +508,9 @@ impl<H: Handler> Consumer<H> {
                 }
                 Outcome::Abandoned => break,
             }
-            if tokio::time::Instant::now() >= next_lag {
-                self.refresh_lag(&consumer, &lag_running);
-                next_lag = tokio::time::Instant::now() + Duration::from_secs(5);
-            }
         }
         let _ = consumer.commit_consumer_state(CommitMode::Sync);
+        self.metrics.left_group();
         let _ = dlq.flush(Duration::from_secs(5));
         if let Some(pruner) = pruner {
             pruner.abort();

@@ -232,6 +232,25 @@ async fn a_republished_event_is_applied_once_with_event_id_dedupe() {
 }
 
 #[tokio::test]
+async fn group_membership_is_reported_from_the_first_assignment_until_the_stop() {
+    let s = setup().await;
+    produce_reserve(&s.stack, &s.topic, Uuid::now_v7(), 1).await;
+    let running = start_with(&s, &unique("g"), Reserve::default(), |c| {
+        c.stuck_after = Duration::ZERO;
+    });
+    let metrics = Arc::clone(&running.metrics);
+    running
+        .until(|m| {
+            // An applied event proves the assignment; readiness follows it.
+            m.processed() == 1 && m.in_group() && m.health().is_ok()
+        })
+        .await;
+    assert!(!metrics.in_group(), "a stopped consumer has left its group");
+    let err = metrics.health().unwrap_err();
+    assert!(err.contains("not a member of its consumer group"), "{err}");
+}
+
+#[tokio::test]
 async fn without_dedupe_a_republished_event_is_applied_three_times() {
     let s = setup().await;
     let event_id = Uuid::now_v7();
