@@ -242,6 +242,84 @@ pub async fn enqueue_into(
     Ok(())
 }
 
+/// Writes `events` to the outbox in one statement inside the caller's transaction: what
+/// [`enqueue`] does for each, with one round trip for all (a consumer applying a batch of
+/// events emits its batch of events this way). Their order is kept (the outbox's sequence).
+pub async fn enqueue_all(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<()> {
+    enqueue_all_into(conn, &OutboxTable::default(), events).await
+}
+
+/// [`enqueue_all`] into the outbox table `table` (see [`OutboxTable`]).
+#[tracing::instrument(skip_all, fields(otel.name = "enqueue batch", events = events.len()))]
+pub async fn enqueue_all_into(
+    conn: &mut PgConnection,
+    table: &OutboxTable,
+    events: &[OutboxEvent],
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // The optional columns any of them sets (NULL where another does not), in a fixed order,
+    // so the statement's text (and its prepared statement) is the same for the same kind of
+    // batch.
+    let mut optional: Vec<&'static str> = events
+        .iter()
+        .flat_map(|e| e.optional_headers.iter().map(|(c, _)| *c))
+        .collect();
+    optional.sort_unstable();
+    optional.dedup();
+    let mut columns = String::from(
+        "event_id, topic, aggregate_type, aggregate_id, event_type, revision, occurred_at, \
+         content_type, schema_version, payload",
+    );
+    let mut arrays = String::from(
+        "$1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+         $8::text[], $9::text[], $10::text[]",
+    );
+    for (i, column) in optional.iter().enumerate() {
+        columns.push_str(", ");
+        columns.push_str(column);
+        arrays.push_str(&format!(", ${}::text[]", i + 11));
+    }
+    // unnest keeps the arrays' order; WITH ORDINALITY + ORDER BY makes the insert order (the
+    // outbox sequence) explicit.
+    let sql = format!(
+        "INSERT INTO {table} ({columns}) SELECT {columns} FROM unnest({arrays}) \
+         WITH ORDINALITY AS e({columns}, n) ORDER BY n"
+    );
+    let text = |f: fn(&OutboxEvent) -> &str| events.iter().map(f).collect::<Vec<&str>>();
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(events.iter().map(|e| e.event_id).collect::<Vec<Uuid>>())
+        .bind(text(|e| &e.topic))
+        .bind(text(|e| &e.aggregate_type))
+        .bind(text(|e| &e.aggregate_id))
+        .bind(text(|e| &e.event_type))
+        .bind(
+            events
+                .iter()
+                .map(|e| e.revision.to_string())
+                .collect::<Vec<String>>(),
+        )
+        .bind(text(|e| &e.occurred_at))
+        .bind(text(|e| &e.content_type))
+        .bind(text(|e| &e.schema_version))
+        .bind(text(|e| &e.payload));
+    for column in &optional {
+        let values: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| {
+                e.optional_headers
+                    .iter()
+                    .find(|(c, _)| c == column)
+                    .map(|(_, v)| v.as_str())
+            })
+            .collect();
+        query = query.bind(values);
+    }
+    query.execute(conn).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

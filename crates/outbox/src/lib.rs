@@ -28,7 +28,7 @@ mod relay;
 mod table;
 
 pub use error::{Error, Result};
-pub use event::{OutboxEvent, enqueue, enqueue_into};
+pub use event::{OutboxEvent, enqueue, enqueue_all, enqueue_all_into, enqueue_into};
 pub use metrics::RelayMetrics;
 pub use relay::{
     Expiry, PRODUCER_DEFAULTS, PRODUCER_GUARANTEES, ParkedRow, Relay, RelayConfig, delete_expired,

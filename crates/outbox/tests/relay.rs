@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use common::{burst, event, pending, wait_drained};
-use eda_outbox::{Relay, RelayConfig, enqueue, migrate};
+use eda_outbox::{OutboxEvent, Relay, RelayConfig, enqueue, enqueue_all, migrate};
 use eda_test_support::{Stack, TempDatabase, consume_all, create_topic, header, kafka_config};
 use rdkafka::Message;
 use rdkafka::message::Headers;
@@ -143,6 +143,51 @@ async fn an_event_exists_only_if_its_transaction_commits() {
         .expect("every contract header is present");
     assert_eq!(traceparent.value, None, "null, never an empty string");
     assert_eq!(pending(&pool).await, 0);
+}
+
+#[tokio::test]
+async fn enqueue_all_writes_the_rows_enqueue_writes_in_one_statement_and_in_order() {
+    let (_stack, _db, pool, topic) = setup().await;
+    let events: Vec<OutboxEvent> = (0..5)
+        .map(|i| {
+            let e = OutboxEvent::json(
+                &topic,
+                "Order",
+                &format!("o-{i}"),
+                "OrderPlaced",
+                i,
+                &serde_json::json!({"i": i}),
+            )
+            .unwrap();
+            // Mixed optional columns: NULL where an event does not set one.
+            if i % 2 == 0 {
+                e.with_header("request-id", format!("req-{i}")).unwrap()
+            } else {
+                e
+            }
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    enqueue_all(&mut tx, &events[..3]).await.unwrap();
+    for e in &events[3..] {
+        enqueue(&mut tx, e).await.unwrap();
+    }
+    enqueue_all(&mut tx, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    let rows: Vec<(uuid::Uuid, String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT event_id, aggregate_id, revision, request_id, payload FROM outbox ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 5);
+    for (i, (row, e)) in rows.iter().zip(&events).enumerate() {
+        assert_eq!(row.0, e.event_id(), "row {i} in order");
+        assert_eq!(row.1, format!("o-{i}"));
+        assert_eq!(row.2, i.to_string());
+        assert_eq!(row.3, (i % 2 == 0).then(|| format!("req-{i}")));
+        assert_eq!(row.4, format!("{{\"i\":{i}}}"));
+    }
 }
 
 #[tokio::test]
