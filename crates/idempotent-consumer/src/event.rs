@@ -1,6 +1,10 @@
+use std::future::Future;
+
+use opentelemetry::context::FutureExt as _;
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Headers};
 use serde::de::DeserializeOwned;
+use tracing::{Instrument as _, Span};
 use uuid::Uuid;
 
 use crate::HandlerError;
@@ -29,6 +33,8 @@ pub struct Event {
     /// ids when the consumer runs with `Propagation::Off`. The user id is context for logs and
     /// traces, never a credential: anyone who can produce to the topic can set it.
     pub context: EventContext,
+    /// The event's `process` span and the record's trace context (set by the runtime).
+    trace: Option<(Span, opentelemetry::Context)>,
 }
 
 /// What the consumed records carry, so [`Event::decode`] knows what to require.
@@ -92,8 +98,8 @@ impl Event {
 
     /// [`decode`](Self::decode) with the context already read (the runtime reads it before
     /// decoding, for the span of records that turn out to be poison too).
-    pub(crate) fn decode_with(
-        message: &BorrowedMessage<'_>,
+    pub(crate) fn decode_with<M: Message>(
+        message: &M,
         context: EventContext,
         records: Records,
     ) -> Result<Self, DecodeError> {
@@ -164,7 +170,34 @@ impl Event {
             event_id,
             event_type,
             context,
+            trace: None,
         })
+    }
+
+    /// The event with the span it is processed in and its record's trace context.
+    pub(crate) fn traced(mut self, span: Span, parent: opentelemetry::Context) -> Self {
+        self.trace = Some((span, parent));
+        self
+    }
+
+    /// The event's `process` span (disabled outside the runtime). A batch-aware handler
+    /// ([`Handler::handle_batch`](crate::Handler::handle_batch)) records per-event fields on it.
+    pub fn span(&self) -> Span {
+        self.trace
+            .as_ref()
+            .map_or_else(Span::none, |(span, _)| span.clone())
+    }
+
+    /// Runs `work` inside this event's span, with its record's trace context current: what the
+    /// runtime does around [`Handler::handle`](crate::Handler::handle). A batch-aware handler
+    /// wraps per-event work in it, so its logs carry the event's ids and the events it emits
+    /// ([`outgoing_context`](Self::outgoing_context)) continue the event's trace.
+    pub fn in_span<F: Future>(&self, work: F) -> impl Future<Output = F::Output> {
+        let (span, parent) = self
+            .trace
+            .clone()
+            .unwrap_or_else(|| (Span::current(), opentelemetry::Context::current()));
+        work.instrument(span).with_context(parent)
     }
 
     /// The context headers to write on an event this handler emits: same request, user and
@@ -211,6 +244,7 @@ impl Event {
             event_id: message_id,
             event_type: self.event_type.clone(),
             context: self.context.clone(),
+            trace: self.trace.clone(),
         }
     }
 

@@ -57,6 +57,7 @@ pub struct ConsumerMetrics {
     pub(crate) lag: AtomicU64,
     pub(crate) chunks_stored: AtomicU64,
     pub(crate) chunk_sets_expired: AtomicU64,
+    pub(crate) batches: AtomicU64,
     stuck: Mutex<Option<Stuck>>,
     /// Since when the consumer has not been a member of its group (`None`: it is one, or it
     /// has not started).
@@ -94,6 +95,10 @@ impl ConsumerMetrics {
     /// Incomplete chunk sets dead-lettered after the chunk timeout.
     pub fn chunk_sets_expired(&self) -> u64 {
         self.chunk_sets_expired.load(Ordering::Relaxed)
+    }
+    /// Transactions that applied a batch of two or more events (the rest went one by one).
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
     /// Messages behind the partitions' ends at the last check (sum over assigned partitions).
     pub fn lag(&self) -> u64 {
@@ -194,7 +199,7 @@ impl ConsumerMetrics {
         out
     }
 
-    fn snapshot(&self) -> [u64; 10] {
+    fn snapshot(&self) -> [u64; 11] {
         [
             self.processed(),
             self.duplicates(),
@@ -206,13 +211,14 @@ impl ConsumerMetrics {
             self.lag(),
             u64::from(self.stuck().is_some()),
             u64::from(self.in_group()),
+            self.batches(),
         ]
     }
 }
 
 /// Names, help and kinds of the consumer families, in [`ConsumerMetrics::snapshot`] order.
 /// Counter names get their `_total` suffix from the encoder.
-const FAMILIES: [(&str, &str, bool); 10] = [
+const FAMILIES: [(&str, &str, bool); 11] = [
     ("consumer_processed", "Events applied.", true),
     (
         "consumer_duplicates",
@@ -254,6 +260,11 @@ const FAMILIES: [(&str, &str, bool); 10] = [
         "consumer_in_group",
         "1 while the consumer is a member of its group (joined, with an assignment).",
         false,
+    ),
+    (
+        "consumer_batches",
+        "Transactions that applied a batch of two or more events.",
+        true,
     ),
 ];
 
@@ -324,7 +335,7 @@ impl EncodeLabelValue for Escaped<'_> {
 
 /// Values read once per scrape, per group.
 #[derive(Debug)]
-struct Snapshots(Vec<(String, [u64; 10])>);
+struct Snapshots(Vec<(String, [u64; 11])>);
 
 impl Collector for Snapshots {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {

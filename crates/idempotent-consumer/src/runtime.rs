@@ -1,6 +1,6 @@
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,11 +9,12 @@ use opentelemetry::context::FutureExt as _;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span};
@@ -102,6 +103,25 @@ pub struct ConsumerConfig {
     /// What the records on the topics look like: this project's contract (the default) or
     /// records of a producer that does not follow it, such as Debezium change events.
     pub records: Records,
+    /// Most events of one partition applied in one transaction (default 500). Each partition
+    /// has its own worker; a batch is what its queue holds when the previous one committed,
+    /// so under load batches grow and at low load an event goes alone. 1: one transaction
+    /// per event.
+    pub batch_max_events: usize,
+    /// How long a worker waits for more events once it has one (default 0: it never waits,
+    /// and low-load latency stays what it is). A batch also closes at `batch_max_bytes`.
+    pub batch_linger: Duration,
+    /// Most payload bytes in one batch (default 8 MiB; a larger single event goes alone).
+    pub batch_max_bytes: usize,
+    /// Payload bytes consumed but not yet applied, over all partitions (default 64 MiB; one
+    /// partition may hold a quarter, and four batches or 2,048 records). A partition over its
+    /// share is paused in Kafka until its worker has caught up by half: memory stays bounded
+    /// and a stuck partition does not hold the others.
+    pub buffer_max_bytes: usize,
+    /// Most partitions applying a batch at the same time (default 4). Each holds a connection
+    /// of the pool for its transaction: keep it well below the pool's size, so that the
+    /// service's requests still find one.
+    pub max_parallel: usize,
 }
 
 impl ConsumerConfig {
@@ -123,6 +143,11 @@ impl ConsumerConfig {
             stuck_after: Duration::from_secs(60),
             chunking: Chunking::default(),
             records: Records::Contract,
+            batch_max_events: 500,
+            batch_linger: Duration::ZERO,
+            batch_max_bytes: 8 << 20,
+            buffer_max_bytes: 64 << 20,
+            max_parallel: 4,
         }
     }
 
@@ -166,6 +191,26 @@ pub trait Handler: Send + Sync + 'static {
         event: &'a Event,
         tx: &'a mut PgConnection,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+
+    /// Applies `events` (one partition's, in offset order, none a duplicate or stale) in one
+    /// transaction. The default calls [`handle`](Self::handle) for each, inside the event's
+    /// span. Override it to apply a batch with fewer statements (one multi-row upsert, say);
+    /// wrap per-event work in [`Event::in_span`] so logs and emitted events keep each event's
+    /// trace. On an error the whole batch rolls back: a transient one retries the batch, a
+    /// permanent one has the runtime apply the events one by one with [`handle`](Self::handle),
+    /// so that only the poison event is dead-lettered.
+    fn handle_batch<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        tx: &'a mut PgConnection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        async move {
+            for event in events {
+                event.in_span(self.handle(event, &mut *tx)).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A shared handler is a handler (for a test, or one handler behind several consumers).
@@ -177,13 +222,25 @@ impl<H: Handler> Handler for Arc<H> {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
         H::handle(self, event, tx)
     }
+
+    fn handle_batch<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        tx: &'a mut PgConnection,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        H::handle_batch(self, events, tx)
+    }
 }
 
 /// Partitions assigned since their last message; offsets mode seeks them to the stored offset.
 type Fresh = Arc<Mutex<HashSet<(String, i32)>>>;
 
+/// Partitions revoked since the dispatcher last looked: their workers stop.
+type Revoked = Arc<Mutex<Vec<(String, i32)>>>;
+
 struct Context {
     fresh: Fresh,
+    revoked: Revoked,
     metrics: Arc<ConsumerMetrics>,
 }
 
@@ -192,8 +249,16 @@ impl ClientContext for Context {}
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Revoke(_) => {
+            Rebalance::Revoke(partitions) => {
                 self.metrics.left_group();
+                if let Ok(mut revoked) = self.revoked.lock() {
+                    revoked.extend(
+                        partitions
+                            .elements()
+                            .iter()
+                            .map(|p| (p.topic().to_owned(), p.partition())),
+                    );
+                }
                 // Commit what was stored (applied) before the partitions move to another
                 // member; pointless (and refused) when the session was lost.
                 if !consumer.assignment_lost() {
@@ -208,9 +273,12 @@ impl ConsumerContext for Context {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
             self.metrics.joined_group();
+            // A partition the dispatcher paused (its queue was full) before it was revoked
+            // starts unpaused in its new assignment.
+            let _ = consumer.resume(partitions);
             tracing::info!(partitions = partitions.count(), "consumer group joined");
             if let Ok(mut fresh) = self.fresh.lock() {
                 for p in partitions.elements() {
@@ -228,6 +296,7 @@ enum Outcome {
     Abandoned,
 }
 
+#[derive(Debug, Clone, Copy)]
 enum Applied {
     Yes,
     Duplicate,
@@ -237,6 +306,278 @@ enum Applied {
     Part,
 }
 
+impl Applied {
+    /// The span's `outcome`.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Yes => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Stale => "stale",
+            Self::Part => "chunk-stored",
+        }
+    }
+}
+
+/// A record's `process` span, its context and its trace parent, made when it is taken.
+type Prepared = (Span, EventContext, opentelemetry::Context);
+
+/// Records queued but not yet applied: of one partition, or of the whole consumer.
+#[derive(Debug, Default)]
+struct Queued {
+    records: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// A consumed record on its way to its partition's worker. It counts as queued (for its
+/// partition and for the consumer) until it is dropped, after its batch is done.
+struct Item {
+    message: OwnedMessage,
+    size: usize,
+    lane: Arc<Queued>,
+    all: Arc<Queued>,
+}
+
+impl Item {
+    fn new(message: OwnedMessage, lane: &Arc<Queued>, all: &Arc<Queued>) -> Self {
+        let size = size_of(&message);
+        for q in [lane, all] {
+            q.records.fetch_add(1, Ordering::Relaxed);
+            q.bytes.fetch_add(size, Ordering::Relaxed);
+        }
+        Self {
+            message,
+            size,
+            lane: Arc::clone(lane),
+            all: Arc::clone(all),
+        }
+    }
+}
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        for q in [&self.lane, &self.all] {
+            q.records.fetch_sub(1, Ordering::Relaxed);
+            q.bytes.fetch_sub(self.size, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A partition's worker as the dispatcher sees it.
+struct Lane {
+    queue: mpsc::UnboundedSender<Item>,
+    stop: CancellationToken,
+    queued: Arc<Queued>,
+    /// Fetching of the partition is paused (its worker is too far behind).
+    paused: bool,
+}
+
+/// The dispatcher's side of the workers: routes records to their partition's queue, pauses a
+/// partition whose worker is too far behind (and resumes it once it has caught up), stops the
+/// workers of revoked partitions.
+///
+/// Pausing is flow control with hysteresis, not a per-record decision: librdkafka drops what
+/// it had prefetched for a paused partition and fetches it again on resume, so pausing at
+/// every full queue would fetch the same records over and over (measured: 36 events/s).
+struct Lanes<H> {
+    consumer: Arc<Consumer<H>>,
+    kafka: Arc<StreamConsumer<Context>>,
+    dlq: FutureProducer,
+    shutdown: CancellationToken,
+    lanes: HashMap<(String, i32), Lane>,
+    workers: tokio::task::JoinSet<()>,
+    all: Arc<Queued>,
+    /// Turns to apply a batch ([`ConsumerConfig::max_parallel`]).
+    parallel: Arc<Semaphore>,
+}
+
+/// What a partition's queue holds compared with what it may hold.
+#[derive(Debug, PartialEq, Eq)]
+enum Level {
+    /// Over: pause the partition.
+    High,
+    /// Under half: a paused partition may resume.
+    Low,
+    /// In between: leave it as it is.
+    Between,
+}
+
+impl<H: Handler> Lanes<H> {
+    fn new(
+        consumer: &Arc<Consumer<H>>,
+        kafka: &Arc<StreamConsumer<Context>>,
+        dlq: &FutureProducer,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        Self {
+            consumer: Arc::clone(consumer),
+            kafka: Arc::clone(kafka),
+            dlq: dlq.clone(),
+            shutdown: shutdown.clone(),
+            lanes: HashMap::new(),
+            workers: tokio::task::JoinSet::new(),
+            all: Arc::default(),
+            parallel: Arc::new(Semaphore::new(consumer.config.max_parallel)),
+        }
+    }
+
+    /// Where `q` (one partition's queue) stands. A partition may queue four batches (at least
+    /// 2,048 records) and a quarter of `buffer_max_bytes`, so that a stuck one never starves
+    /// the others; all together at most `buffer_max_bytes`.
+    fn level(&self, q: &Queued) -> Level {
+        let config = &self.consumer.config;
+        let (budget, high) = (
+            config.buffer_max_bytes,
+            config.batch_max_events.saturating_mul(4).max(2048),
+        );
+        let (records, bytes) = (
+            q.records.load(Ordering::Relaxed),
+            q.bytes.load(Ordering::Relaxed),
+        );
+        let all = self.all.bytes.load(Ordering::Relaxed);
+        if records >= high || bytes >= (budget / 4).max(1) || all >= budget {
+            Level::High
+        } else if records <= high / 2 && bytes <= budget / 8 && all <= budget / 2 {
+            Level::Low
+        } else {
+            Level::Between
+        }
+    }
+
+    fn lane(&mut self, key: &(String, i32)) -> &mut Lane {
+        if !self.lanes.contains_key(key) {
+            let (queue, rx) = mpsc::unbounded_channel();
+            let stop = self.shutdown.child_token();
+            self.workers.spawn(Arc::clone(&self.consumer).work(
+                Arc::clone(&self.kafka),
+                rx,
+                self.dlq.clone(),
+                stop.clone(),
+                Arc::clone(&self.parallel),
+            ));
+            self.lanes.insert(
+                key.clone(),
+                Lane {
+                    queue,
+                    stop,
+                    queued: Arc::default(),
+                    paused: false,
+                },
+            );
+        }
+        self.lanes.get_mut(key).expect("inserted")
+    }
+
+    /// Hands `message` to its partition's worker; pauses the partition when it is behind.
+    fn route(&mut self, message: OwnedMessage) {
+        let key = (message.topic().to_owned(), message.partition());
+        let all = Arc::clone(&self.all);
+        let lane = self.lane(&key);
+        let item = Item::new(message, &lane.queued, &all);
+        // Closed only at shutdown (the worker stopped): the record is redelivered later.
+        let _ = lane.queue.send(item);
+        let (paused, queued) = (lane.paused, Arc::clone(&lane.queued));
+        if !paused && self.level(&queued) == Level::High {
+            pause(&self.kafka, &key.0, key.1, true);
+            if let Some(lane) = self.lanes.get_mut(&key) {
+                lane.paused = true;
+            }
+        }
+    }
+
+    fn paused(&self) -> bool {
+        self.lanes.values().any(|lane| lane.paused)
+    }
+
+    /// Resumes the paused partitions whose workers have caught up.
+    fn resume(&mut self) {
+        let ready: Vec<(String, i32)> = self
+            .lanes
+            .iter()
+            .filter(|(_, lane)| lane.paused && self.level(&lane.queued) == Level::Low)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in ready {
+            pause(&self.kafka, &key.0, key.1, false);
+            if let Some(lane) = self.lanes.get_mut(&key) {
+                lane.paused = false;
+            }
+        }
+    }
+
+    /// Stops the workers of the partitions revoked since the last call (after the batch in
+    /// flight; what they queued is dropped, the next owner consumes it from the committed
+    /// offset).
+    fn revoke(&mut self, revoked: &Revoked) {
+        let gone = revoked
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        for key in gone {
+            if let Some(lane) = self.lanes.remove(&key) {
+                lane.stop.cancel();
+            }
+        }
+    }
+
+    /// Collects finished workers; a worker that panicked takes the consumer down with it
+    /// (its partition cannot go on past an event that was neither applied nor dead-lettered).
+    fn reap(&mut self) {
+        while let Some(done) = self.workers.try_join_next() {
+            if let Err(err) = done
+                && err.is_panic()
+            {
+                std::panic::resume_unwind(err.into_panic());
+            }
+        }
+    }
+
+    /// At shutdown: every worker finishes (or abandons) its batch in flight.
+    async fn finish(mut self) {
+        for lane in self.lanes.values() {
+            lane.stop.cancel();
+        }
+        self.lanes.clear();
+        while let Some(done) = self.workers.join_next().await {
+            if let Err(err) = done
+                && err.is_panic()
+            {
+                std::panic::resume_unwind(err.into_panic());
+            }
+        }
+    }
+}
+
+/// What a record weighs in the buffer and in a batch: its value and key.
+fn size_of(message: &OwnedMessage) -> usize {
+    message.payload().map_or(0, <[u8]>::len) + message.key().map_or(0, <[u8]>::len)
+}
+
+/// Pauses (or resumes) fetching one partition.
+fn pause(kafka: &StreamConsumer<Context>, topic: &str, partition: i32, paused: bool) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let result = if paused {
+        kafka.pause(&tpl)
+    } else {
+        kafka.resume(&tpl)
+    };
+    if let Err(err) = result {
+        tracing::debug!(topic, partition, paused, error = %err, "pause/resume refused (partition no longer assigned)");
+    } else if paused {
+        tracing::debug!(
+            topic,
+            partition,
+            "partition queue full: fetching paused until its worker catches up"
+        );
+    } else {
+        tracing::debug!(
+            topic,
+            partition,
+            "partition queue drained: fetching resumed"
+        );
+    }
+}
+
 /// The runtime's SQL, written once for the configured table names.
 #[derive(Debug)]
 struct Statements {
@@ -244,8 +585,11 @@ struct Statements {
     stored_offset_for_update: String,
     store_offset: String,
     record_processed: String,
+    record_processed_batch: String,
     seen_revision: String,
+    seen_revisions_batch: String,
     record_revision: String,
+    record_revisions_batch: String,
     processed_exists: String,
     store_part: String,
     part_stats: String,
@@ -277,9 +621,25 @@ impl Statements {
                 "INSERT INTO {processed} (consumer_group, event_id, topic, \"partition\", \"offset\") \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
             ),
+            record_processed_batch: format!(
+                "INSERT INTO {processed} (consumer_group, event_id, topic, \"partition\", \"offset\") \
+                 SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::int4[], $5::int8[]) \
+                 ON CONFLICT DO NOTHING RETURNING event_id"
+            ),
             seen_revision: format!(
                 "SELECT revision FROM {revisions} \
                  WHERE consumer_group = $1 AND aggregate_type = $2 AND aggregate_id = $3 FOR UPDATE"
+            ),
+            seen_revisions_batch: format!(
+                "SELECT r.aggregate_type, r.aggregate_id, r.revision FROM {revisions} r \
+                 JOIN unnest($2::text[], $3::text[]) AS k(aggregate_type, aggregate_id) USING (aggregate_type, aggregate_id) \
+                 WHERE r.consumer_group = $1 FOR UPDATE OF r"
+            ),
+            record_revisions_batch: format!(
+                "INSERT INTO {revisions} (consumer_group, aggregate_type, aggregate_id, revision) \
+                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[]) \
+                 ON CONFLICT (consumer_group, aggregate_type, aggregate_id) \
+                 DO UPDATE SET revision = GREATEST({revisions}.revision, EXCLUDED.revision), updated_at = now()"
             ),
             record_revision: format!(
                 "INSERT INTO {revisions} (consumer_group, aggregate_type, aggregate_id, revision) \
@@ -316,8 +676,8 @@ impl Statements {
     }
 }
 
-/// The consumer runtime. One task consumes all assigned partitions in order, one event at a
-/// time: simple, ordered, and enough for thousands of events per second.
+/// The consumer runtime: one task reads Kafka, one worker per assigned partition applies its
+/// events in order, in micro-batches of one transaction each (see the crate's README).
 pub struct Consumer<H> {
     pool: PgPool,
     config: ConsumerConfig,
@@ -355,6 +715,16 @@ impl<H: Handler> Consumer<H> {
                 )));
             }
         }
+        for (name, value) in [
+            ("batch_max_events", config.batch_max_events),
+            ("batch_max_bytes", config.batch_max_bytes),
+            ("buffer_max_bytes", config.buffer_max_bytes),
+            ("max_parallel", config.max_parallel),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be at least 1")));
+            }
+        }
         Ok(Self {
             pool,
             sql: Statements::new(&config.tables),
@@ -378,7 +748,11 @@ impl<H: Handler> Consumer<H> {
         Arc::clone(&self.metrics)
     }
 
-    fn kafka_consumer(&self, fresh: Fresh) -> Result<StreamConsumer<Context>, Error> {
+    fn kafka_consumer(
+        &self,
+        fresh: Fresh,
+        revoked: Revoked,
+    ) -> Result<StreamConsumer<Context>, Error> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.config.bootstrap_servers)
@@ -397,6 +771,7 @@ impl<H: Handler> Consumer<H> {
         }
         let consumer: StreamConsumer<Context> = config.create_with_context(Context {
             fresh,
+            revoked,
             metrics: Arc::clone(&self.metrics),
         })?;
         let topics: Vec<&str> = self.config.topics.iter().map(String::as_str).collect();
@@ -440,13 +815,16 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Consumes until `shutdown` is cancelled. The event in flight is finished (or, if it is
+    /// Consumes until `shutdown` is cancelled. Each assigned partition gets a worker that
+    /// applies its events in order, in micro-batches (see [`ConsumerConfig::batch_max_events`]);
+    /// partitions run in parallel. At shutdown the batch in flight is finished (or, if it is
     /// being retried, abandoned without storing its offset); stored offsets are committed before
     /// returning. Bounded by the handler's own duration.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         self.verify_topics().await?;
         let fresh: Fresh = Arc::default();
-        let consumer = Arc::new(self.kafka_consumer(Arc::clone(&fresh))?);
+        let revoked: Revoked = Arc::default();
+        let consumer = Arc::new(self.kafka_consumer(Arc::clone(&fresh), Arc::clone(&revoked))?);
         let dlq: FutureProducer = dlq_producer(&self.config.bootstrap_servers).create()?;
         let lag_running = Arc::new(AtomicBool::new(false));
         let prunes = self.config.dedupe == Dedupe::EventId || self.config.guards_revisions();
@@ -466,31 +844,44 @@ impl<H: Handler> Consumer<H> {
             })
         });
         let sweeper = tokio::spawn(self.sweeper(dlq.clone()).run(shutdown.clone()));
-        tracing::info!(group = %self.config.group_id, topics = ?self.config.topics, dedupe = ?self.config.dedupe, "consumer started");
+        tracing::info!(group = %self.config.group_id, topics = ?self.config.topics, dedupe = ?self.config.dedupe, batch_max_events = self.config.batch_max_events, "consumer started");
 
         self.metrics.starting(self.config.stuck_after);
+        let this = Arc::new(self);
+        let mut lanes = Lanes::new(&this, &consumer, &dlq, &shutdown);
         let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
         lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resume_tick = tokio::time::interval(Duration::from_millis(10));
+        resume_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let message = tokio::select! {
                 () = shutdown.cancelled() => break,
                 // Also while nothing arrives: an idle consumer's lag is still news.
                 _ = lag_tick.tick() => {
-                    self.refresh_lag(&consumer, &lag_running);
+                    this.refresh_lag(&consumer, &lag_running);
+                    lanes.revoke(&revoked);
+                    continue;
+                }
+                _ = resume_tick.tick(), if lanes.paused() => {
+                    lanes.resume();
                     continue;
                 }
                 m = consumer.recv() => m,
             };
+            // Revocations are served inside `recv`: act on them before routing what it returned,
+            // so a message of a partition assigned again goes to a new worker.
+            lanes.revoke(&revoked);
+            lanes.reap();
             let message = match message {
-                Ok(m) => m,
+                Ok(m) => m.detach(),
                 Err(err) => {
                     tracing::warn!(error = %err, "kafka consume error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
-            if self.config.dedupe == Dedupe::Offsets {
-                match self
+            if this.config.dedupe == Dedupe::Offsets {
+                match this
                     .seek_if_fresh(&consumer, &fresh, &message, &shutdown)
                     .await
                 {
@@ -499,26 +890,352 @@ impl<H: Handler> Consumer<H> {
                     None => break, // shutdown while the database was unreachable
                 }
             }
-            match self.process(&message, &dlq, &shutdown).await {
-                Outcome::Done => {
-                    if let Err(err) = consumer.store_offset_from_message(&message) {
-                        // The partition was revoked meanwhile: the new owner redelivers, dedupe holds.
-                        tracing::debug!(error = %err, "offset not stored");
-                    }
-                }
-                Outcome::Abandoned => break,
-            }
+            lanes.route(message);
         }
+        lanes.finish().await;
         let _ = consumer.commit_consumer_state(CommitMode::Sync);
-        self.metrics.left_group();
+        this.metrics.left_group();
         let _ = dlq.flush(Duration::from_secs(5));
         if let Some(pruner) = pruner {
             pruner.abort();
         }
         // It stops at the shutdown signal; a set it was dead-lettering rolls back whole.
         let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
-        tracing::info!(group = %self.config.group_id, "consumer stopped");
+        tracing::info!(group = %this.config.group_id, "consumer stopped");
         Ok(())
+    }
+
+    /// One partition's worker: takes what its queue holds (up to the batch limits), applies
+    /// it, stores the offset of the last event applied, and again, until its partition is
+    /// revoked, the consumer stops, or a retry is abandoned.
+    async fn work(
+        self: Arc<Self>,
+        consumer: Arc<StreamConsumer<Context>>,
+        mut queue: mpsc::UnboundedReceiver<Item>,
+        dlq: FutureProducer,
+        stop: CancellationToken,
+        parallel: Arc<Semaphore>,
+    ) {
+        let mut carry: Option<Item> = None;
+        loop {
+            let first = match carry.take() {
+                Some(item) => item,
+                None => tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    item = queue.recv() => match item {
+                        Some(item) => item,
+                        None => return,
+                    },
+                },
+            };
+            if stop.is_cancelled() {
+                return;
+            }
+            let mut bytes = first.size;
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.config.batch_linger;
+            while batch.len() < self.config.batch_max_events {
+                let next = match queue.try_recv() {
+                    Ok(item) => item,
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if !self.config.batch_linger.is_zero() =>
+                    {
+                        match tokio::time::timeout_at(deadline, queue.recv()).await {
+                            Ok(Some(item)) => item,
+                            _ => break,
+                        }
+                    }
+                    Err(_) => break,
+                };
+                if bytes + next.size > self.config.batch_max_bytes {
+                    carry = Some(next);
+                    break;
+                }
+                bytes += next.size;
+                batch.push(next);
+            }
+            let Ok(_turn) = parallel.acquire().await else {
+                return;
+            };
+            let (done, abandoned) = self.process_batch(&batch, &dlq, &stop).await;
+            if let Some(offset) = done {
+                let m = &batch[0].message;
+                if let Err(err) = consumer.store_offset(m.topic(), m.partition(), offset) {
+                    // The partition was revoked meanwhile: the new owner redelivers, dedupe holds.
+                    tracing::debug!(error = %err, "offset not stored");
+                }
+            }
+            // Dropping the batch gives its bytes back to the buffer.
+            drop(batch);
+            if abandoned {
+                return;
+            }
+        }
+    }
+
+    /// Applies one partition's batch in order: runs of plain events in one transaction each,
+    /// chunks, claim-checked and undecodable records one at a time. Returns the offset of the
+    /// last record done (applied, skipped or dead-lettered) and whether a retry was abandoned.
+    async fn process_batch(
+        &self,
+        batch: &[Item],
+        dlq: &FutureProducer,
+        stop: &CancellationToken,
+    ) -> (Option<i64>, bool) {
+        let mut done = None;
+        let mut run: Vec<(&OwnedMessage, Prepared, Event)> = Vec::with_capacity(batch.len());
+        for item in batch {
+            let prepared = self.process_span(&item.message);
+            match self.plain(&item.message, &prepared) {
+                Some(event) => run.push((&item.message, prepared, event)),
+                None => {
+                    let (last, abandoned) =
+                        self.apply_run(std::mem::take(&mut run), dlq, stop).await;
+                    done = last.or(done);
+                    if abandoned {
+                        return (done, true);
+                    }
+                    match self.process(&item.message, prepared, dlq, stop).await {
+                        Outcome::Done => done = Some(item.message.offset()),
+                        Outcome::Abandoned => return (done, true),
+                    }
+                }
+            }
+        }
+        let (last, abandoned) = self.apply_run(run, dlq, stop).await;
+        (last.or(done), abandoned)
+    }
+
+    /// The record decoded, when it can join a batch: not poison, not a chunk, not
+    /// claim-checked (those take the one-at-a-time path, which handles them).
+    fn plain(&self, message: &OwnedMessage, (span, context, parent): &Prepared) -> Option<Event> {
+        let event = Event::decode_with(message, context.clone(), self.config.records).ok()?;
+        if event.header(CLAIM_CHECK_HEADER).is_some()
+            || event.header(crate::chunk::headers::MESSAGE_ID).is_some()
+        {
+            return None;
+        }
+        Some(event.traced(span.clone(), parent.clone()))
+    }
+
+    /// Applies a run of plain events: one transaction for all of them, retried whole on a
+    /// transient failure; on a permanent one, event by event so that only the poison event is
+    /// dead-lettered. A run of one goes the one-at-a-time way.
+    async fn apply_run(
+        &self,
+        run: Vec<(&OwnedMessage, Prepared, Event)>,
+        dlq: &FutureProducer,
+        stop: &CancellationToken,
+    ) -> (Option<i64>, bool) {
+        let Some((last, _, _)) = run.last() else {
+            return (None, false);
+        };
+        let last = last.offset();
+        if run.len() == 1 {
+            let (message, prepared, _) = run.into_iter().next().expect("one");
+            return match self.process(message, prepared, dlq, stop).await {
+                Outcome::Done => (Some(last), false),
+                Outcome::Abandoned => (None, true),
+            };
+        }
+        let events: Vec<&Event> = run.iter().map(|(_, _, e)| e).collect();
+        let mut backoff = self.config.backoff_initial;
+        let first_failure = std::time::Instant::now();
+        loop {
+            match self.apply_batch(&events).await {
+                Ok(applied) => {
+                    self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+                    for ((_, (span, _, _), event), applied) in run.iter().zip(applied) {
+                        self.applied(event, span, &applied);
+                    }
+                    self.metrics
+                        .clear_stuck(&events[0].topic, events[0].partition);
+                    return (Some(last), false);
+                }
+                Err(HandlerError::Permanent(reason)) => {
+                    tracing::warn!(topic = %events[0].topic, partition = events[0].partition, events = events.len(), reason, "a batch failed permanently; applying its events one by one");
+                    let mut done = None;
+                    for (message, prepared, _) in run {
+                        match self.process(message, prepared, dlq, stop).await {
+                            Outcome::Done => done = Some(message.offset()),
+                            Outcome::Abandoned => return (done, true),
+                        }
+                    }
+                    return (done, false);
+                }
+                Err(HandlerError::Transient(err)) => {
+                    self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    let stuck_for = first_failure.elapsed();
+                    if stuck_for >= self.config.stuck_after {
+                        self.report_stuck(events[0], stuck_for, &err);
+                    } else {
+                        tracing::warn!(topic = %events[0].topic, partition = events[0].partition, events = events.len(), error = %err, retry_in_ms = backoff.as_millis() as u64, "transient failure; retrying the same batch");
+                    }
+                    if sleep_or_cancel(backoff, stop).await {
+                        self.metrics
+                            .clear_stuck(&events[0].topic, events[0].partition);
+                        return (None, true);
+                    }
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+    }
+
+    /// Counts, logs (in the event's span) and records the outcome of one event of a batch.
+    fn applied(&self, event: &Event, span: &Span, applied: &Applied) {
+        let _entered = span.enter();
+        match applied {
+            Applied::Yes => {
+                self.metrics.processed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(event.id = %event.event_id, event.type = %event.event_type, "event applied");
+            }
+            Applied::Duplicate => {
+                self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(event.id = %event.event_id, event.type = %event.event_type, "duplicate skipped");
+            }
+            Applied::Stale => {
+                self.metrics.stale.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(event.id = %event.event_id, event.type = %event.event_type, revision = event.revision(), "stale event skipped: its aggregate has a newer revision applied");
+            }
+            Applied::Part => {}
+        }
+        span.record(
+            "messaging.message.id",
+            tracing::field::display(event.event_id),
+        );
+        span.record("event.type", event.event_type.as_str());
+        span.record("outcome", applied.name());
+    }
+
+    /// One transaction for a batch of plain events of one partition: the dedupe records of
+    /// all (one statement), the revision guard (one read, one write), the handler's
+    /// [`Handler::handle_batch`] for the events left, and the partition's offset row.
+    async fn apply_batch(&self, events: &[&Event]) -> Result<Vec<Applied>, HandlerError> {
+        let group = &self.config.group_id;
+        let mut applied: Vec<Applied> = vec![Applied::Yes; events.len()];
+        let mut tx = self.pool.begin().await?;
+        match self.config.dedupe {
+            Dedupe::EventId => {
+                let mut first = HashSet::with_capacity(events.len());
+                let mut rows = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for (i, e) in events.iter().enumerate() {
+                    if first.insert(e.event_id) {
+                        rows.0.push(e.event_id);
+                        rows.1.push(e.topic.as_str());
+                        rows.2.push(e.partition);
+                        rows.3.push(e.offset);
+                    } else {
+                        applied[i] = Applied::Duplicate; // republished within the batch
+                    }
+                }
+                let inserted: HashSet<uuid::Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(
+                    self.sql.record_processed_batch.as_str(),
+                ))
+                .bind(group)
+                .bind(&rows.0)
+                .bind(&rows.1)
+                .bind(&rows.2)
+                .bind(&rows.3)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+                let mut taken = HashSet::with_capacity(inserted.len());
+                for (i, e) in events.iter().enumerate() {
+                    if matches!(applied[i], Applied::Yes)
+                        && !(inserted.contains(&e.event_id) && taken.insert(e.event_id))
+                    {
+                        applied[i] = Applied::Duplicate;
+                    }
+                }
+            }
+            Dedupe::Offsets => {
+                let next: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(
+                    self.sql.stored_offset_for_update.as_str(),
+                ))
+                .bind(group)
+                .bind(&events[0].topic)
+                .bind(events[0].partition)
+                .fetch_optional(&mut *tx)
+                .await?;
+                for (i, e) in events.iter().enumerate() {
+                    if next.is_some_and(|next| e.offset < next) {
+                        applied[i] = Applied::Duplicate;
+                    }
+                }
+            }
+            Dedupe::Off => {}
+        }
+        let mut newest: HashMap<(String, String), i64> = HashMap::new();
+        if self.config.guards_revisions() {
+            let guarded: Vec<(usize, (String, String, i64))> = events
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| matches!(applied[*i], Applied::Yes))
+                .filter_map(|(i, e)| e.aggregate_revision().map(|r| (i, r)))
+                .collect();
+            if !guarded.is_empty() {
+                let (kinds, ids): (Vec<&str>, Vec<&str>) = guarded
+                    .iter()
+                    .map(|(_, (kind, id, _))| (kind.as_str(), id.as_str()))
+                    .unzip();
+                let seen: Vec<(String, String, i64)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(self.sql.seen_revisions_batch.as_str()))
+                        .bind(group)
+                        .bind(&kinds)
+                        .bind(&ids)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let mut current: HashMap<(String, String), i64> = seen
+                    .into_iter()
+                    .map(|(kind, id, revision)| ((kind, id), revision))
+                    .collect();
+                for (i, (kind, id, revision)) in guarded {
+                    let key = (kind, id);
+                    if current.get(&key).is_some_and(|seen| revision <= *seen) {
+                        applied[i] = Applied::Stale;
+                    } else {
+                        current.insert(key.clone(), revision);
+                        newest.insert(key, revision);
+                    }
+                }
+            }
+        }
+        let apply: Vec<&Event> = events
+            .iter()
+            .zip(&applied)
+            .filter(|(_, a)| matches!(a, Applied::Yes))
+            .map(|(e, _)| *e)
+            .collect();
+        if !apply.is_empty() {
+            self.handler.handle_batch(&apply, &mut tx).await?;
+        }
+        if !newest.is_empty() {
+            let mut rows = (Vec::new(), Vec::new(), Vec::new());
+            for ((kind, id), revision) in &newest {
+                rows.0.push(kind.as_str());
+                rows.1.push(id.as_str());
+                rows.2.push(*revision);
+            }
+            sqlx::query(sqlx::AssertSqlSafe(
+                self.sql.record_revisions_batch.as_str(),
+            ))
+            .bind(group)
+            .bind(&rows.0)
+            .bind(&rows.1)
+            .bind(&rows.2)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Offsets mode: duplicates are the events before the stored offset, which must not
+        // move back.
+        if let (Some(last), Some(Applied::Yes | Applied::Stale)) = (events.last(), applied.last()) {
+            self.store_offset(&mut tx, last).await?;
+        }
+        tx.commit().await?;
+        Ok(applied)
     }
 
     /// Offsets mode: on the first message of a newly assigned partition, seek to the offset the
@@ -529,7 +1246,7 @@ impl<H: Handler> Consumer<H> {
         &self,
         consumer: &StreamConsumer<Context>,
         fresh: &Fresh,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         shutdown: &CancellationToken,
     ) -> Option<bool> {
         let key = (message.topic().to_owned(), message.partition());
@@ -555,7 +1272,7 @@ impl<H: Handler> Consumer<H> {
     async fn seek_to_stored(
         &self,
         consumer: &StreamConsumer<Context>,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
     ) -> Result<bool, Error> {
         let next: Option<i64> =
             sqlx::query_scalar(sqlx::AssertSqlSafe(self.sql.stored_offset.as_str()))
@@ -588,10 +1305,7 @@ impl<H: Handler> Consumer<H> {
 
     /// The span one event is handled in (OpenTelemetry messaging conventions, kind consumer):
     /// the child of the record's `traceparent` when propagation is on, a new trace otherwise.
-    fn process_span(
-        &self,
-        message: &BorrowedMessage<'_>,
-    ) -> (Span, EventContext, opentelemetry::Context) {
+    fn process_span(&self, message: &OwnedMessage) -> Prepared {
         let headers = message.headers();
         let (context, parent) = self.config.propagation.incoming_with(
             |name| headers.and_then(|h| eda_context::kafka::header(h, name)),
@@ -628,13 +1342,15 @@ impl<H: Handler> Consumer<H> {
         (span, context, parent)
     }
 
+    /// One record on its own (decoded here; poison, chunks and claim checks too), in the span
+    /// made when it was taken.
     async fn process(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
+        (span, context, parent): Prepared,
         dlq: &FutureProducer,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        let (span, context, parent) = self.process_span(message);
         // Attached first, entered second: inside, the current OpenTelemetry context is the
         // process span when it is exported, else the record's parent.
         let outcome = self
@@ -651,13 +1367,13 @@ impl<H: Handler> Consumer<H> {
 
     async fn process_in_span(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         context: EventContext,
         dlq: &FutureProducer,
         shutdown: &CancellationToken,
     ) -> (Outcome, &'static str) {
         let mut event = match Event::decode_with(message, context, self.config.records) {
-            Ok(event) => event,
+            Ok(event) => event.traced(Span::current(), opentelemetry::Context::current()),
             Err(reason) => {
                 return (
                     self.dead_letter(message, &reason.0, dlq, shutdown).await,
@@ -1085,7 +1801,7 @@ impl<H: Handler> Consumer<H> {
     /// it: a dead letter must not be lost either.
     async fn dead_letter(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         reason: &str,
         dlq: &FutureProducer,
         shutdown: &CancellationToken,

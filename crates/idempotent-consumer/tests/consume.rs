@@ -496,6 +496,126 @@ async fn transient_failures_are_retried_without_reordering_the_partition() {
     assert_eq!(reserved(&s.pool).await, 3);
 }
 
+/// The ids `applied_log` holds, in the order they were applied.
+async fn applied_ids(pool: &PgPool) -> Vec<Uuid> {
+    sqlx::query_scalar("SELECT event_id FROM applied_log ORDER BY seq")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_backlog_is_applied_in_batches_once_each_in_order_with_the_poison_event_alone() {
+    let s = setup().await;
+    let ids: Vec<Uuid> = (0..60).map(|_| Uuid::now_v7()).collect();
+    let poison = 30;
+    for (i, id) in ids.iter().enumerate() {
+        let body = if i == poison {
+            json!({"qty": 1, "bad_data": true})
+        } else {
+            json!({"qty": 1})
+        };
+        // One key, so one partition; revisions increase.
+        produce_revision(&s.stack, &s.topic, *id, i as i64 + 1, body).await;
+        if i == 10 {
+            // republished right behind itself: the same batch holds it twice
+            produce_revision(&s.stack, &s.topic, *id, i as i64 + 1, json!({"qty": 1})).await;
+        }
+    }
+    let running = start_with(&s, &unique("g"), Reserve::default(), |c| {
+        c.batch_max_events = 16;
+    });
+    let metrics = Arc::clone(&running.metrics);
+    running
+        .until(|m| m.processed() == 59 && m.dead_lettered() == 1)
+        .await;
+    assert!(metrics.batches() >= 2, "batches: {}", metrics.batches());
+    assert_eq!(
+        metrics.duplicates() + metrics.stale(),
+        1,
+        "the republished one"
+    );
+    assert_eq!(reserved(&s.pool).await, 59);
+    let expected: Vec<Uuid> = (0..60).filter(|i| *i != poison).map(|i| ids[i]).collect();
+    assert_eq!(
+        applied_ids(&s.pool).await,
+        expected,
+        "once each, in partition order"
+    );
+    let dead = consume_all(
+        &s.stack,
+        &format!("{}.dlq", s.topic),
+        1,
+        WAIT,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(dead.len(), 1, "the poison event alone");
+    assert_eq!(
+        header(&dead[0], "event-id").as_deref(),
+        Some(ids[poison].to_string().as_str())
+    );
+    assert!(
+        header(&dead[0], "dlq-reason")
+            .unwrap()
+            .contains("refused the event's data")
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_or_buffer_pauses_the_partition_and_loses_nothing() {
+    let s = setup().await;
+    let ids: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        produce_revision(&s.stack, &s.topic, *id, i as i64 + 1, json!({"qty": 1})).await;
+    }
+    // A buffer of one byte: the partition is paused after every record and resumed once its
+    // worker has applied it (each resume fetches again what librdkafka dropped at the pause,
+    // about half a second: twenty records, not more).
+    let running = start_with(&s, &unique("g"), Reserve::default(), |c| {
+        c.batch_max_events = 2;
+        c.buffer_max_bytes = 1;
+    });
+    running.until(|m| m.processed() == 20).await;
+    assert_eq!(
+        applied_ids(&s.pool).await,
+        ids,
+        "every event once, in order"
+    );
+}
+
+#[tokio::test]
+async fn batches_of_one_are_one_transaction_per_event() {
+    let s = setup().await;
+    for revision in 1..=10 {
+        produce_revision(
+            &s.stack,
+            &s.topic,
+            Uuid::now_v7(),
+            revision,
+            json!({"qty": 1}),
+        )
+        .await;
+    }
+    let running = start_with(&s, &unique("g"), Reserve::default(), |c| {
+        c.batch_max_events = 1;
+    });
+    let metrics = Arc::clone(&running.metrics);
+    running.until(|m| m.processed() == 10).await;
+    assert_eq!(metrics.batches(), 0);
+    assert_eq!(reserved(&s.pool).await, 10);
+    let zero = Consumer::new(
+        s.pool.clone(),
+        {
+            let mut c = config(&s, "g");
+            c.batch_max_events = 0;
+            c
+        },
+        Reserve::default(),
+    );
+    assert!(zero.unwrap_err().to_string().contains("batch_max_events"));
+}
+
 #[tokio::test]
 async fn poison_records_go_to_the_dead_letter_topic_and_the_partition_moves_on() {
     let s = setup().await;
