@@ -523,11 +523,7 @@ impl<H: Handler> Lanes<H> {
     /// (its partition cannot go on past an event that was neither applied nor dead-lettered).
     fn reap(&mut self) {
         while let Some(done) = self.workers.try_join_next() {
-            if let Err(err) = done
-                && err.is_panic()
-            {
-                std::panic::resume_unwind(err.into_panic());
-            }
+            rethrow(done);
         }
     }
 
@@ -538,12 +534,17 @@ impl<H: Handler> Lanes<H> {
         }
         self.lanes.clear();
         while let Some(done) = self.workers.join_next().await {
-            if let Err(err) = done
-                && err.is_panic()
-            {
-                std::panic::resume_unwind(err.into_panic());
-            }
+            rethrow(done);
         }
+    }
+}
+
+/// A worker's panic, raised again in the dispatcher.
+fn rethrow(done: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = done
+        && err.is_panic()
+    {
+        std::panic::resume_unwind(err.into_panic());
     }
 }
 
@@ -1086,6 +1087,18 @@ impl<H: Handler> Consumer<H> {
     /// Counts, logs (in the event's span) and records the outcome of one event of a batch.
     fn applied(&self, event: &Event, span: &Span, applied: &Applied) {
         let _entered = span.enter();
+        self.counted(event, *applied);
+        span.record(
+            "messaging.message.id",
+            tracing::field::display(event.event_id),
+        );
+        span.record("event.type", event.event_type.as_str());
+        span.record("outcome", applied.name());
+    }
+
+    /// Counts and logs (in the current span) an event applied or skipped, on either path. A
+    /// stored chunk is counted where its chunk headers are known.
+    fn counted(&self, event: &Event, applied: Applied) {
         match applied {
             Applied::Yes => {
                 self.metrics.processed.fetch_add(1, Ordering::Relaxed);
@@ -1101,12 +1114,6 @@ impl<H: Handler> Consumer<H> {
             }
             Applied::Part => {}
         }
-        span.record(
-            "messaging.message.id",
-            tracing::field::display(event.event_id),
-        );
-        span.record("event.type", event.event_type.as_str());
-        span.record("outcome", applied.name());
     }
 
     /// One transaction for a batch of plain events of one partition: the dedupe records of
@@ -1415,20 +1422,9 @@ impl<H: Handler> Consumer<H> {
                 self.apply(&event).await
             };
             match attempt {
-                Ok(Applied::Yes) => {
-                    self.metrics.processed.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(event.id = %event.event_id, event.type = %event.event_type, "event applied");
-                    break (Outcome::Done, "applied");
-                }
-                Ok(Applied::Duplicate) => {
-                    self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(event.id = %event.event_id, event.type = %event.event_type, "duplicate skipped");
-                    break (Outcome::Done, "duplicate");
-                }
-                Ok(Applied::Stale) => {
-                    self.metrics.stale.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(event.id = %event.event_id, event.type = %event.event_type, revision = event.revision(), "stale event skipped: its aggregate has a newer revision applied");
-                    break (Outcome::Done, "stale");
+                Ok(applied @ (Applied::Yes | Applied::Duplicate | Applied::Stale)) => {
+                    self.counted(&event, applied);
+                    break (Outcome::Done, applied.name());
                 }
                 Ok(Applied::Part) => {
                     self.metrics.chunks_stored.fetch_add(1, Ordering::Relaxed);
