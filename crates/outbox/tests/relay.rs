@@ -522,3 +522,88 @@ async fn clean_up_keeps_running_while_the_relay_is_never_idle() {
     );
     relay.stop().await;
 }
+
+/// Whether the relay holds the wake-up lock (it sleeps, writers notify): an exclusive advisory
+/// lock keyed (the table's oid, "edaw").
+async fn relay_sleeps(pool: &PgPool) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND mode = 'ExclusiveLock' AND classid = 'outbox'::regclass::oid AND objid = 1701077367 \
+         AND objsubid = 2)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn commit_one(pool: &PgPool, event: &OutboxEvent) {
+    let mut tx = pool.begin().await.unwrap();
+    enqueue(&mut tx, event).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn writers_notify_only_while_the_relay_sleeps_and_a_sleeping_relay_wakes_at_once() {
+    let (stack, _db, pool, topic) = setup().await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen("eda_outbox").await.unwrap();
+
+    // No relay: nobody listens for the outbox, so a commit sends no NOTIFY.
+    commit_one(&pool, &event(&topic, "no-relay", 1)).await;
+    let heard = tokio::time::timeout(Duration::from_millis(1500), listener.recv()).await;
+    assert!(
+        heard.is_err(),
+        "no NOTIFY without a sleeping relay: {heard:?}"
+    );
+
+    // A relay that polls only every 60 s: it drains, then sleeps holding the lock.
+    let relay = spawn_relay(
+        &stack,
+        &pool,
+        RelayConfig {
+            poll_interval: Duration::from_secs(60),
+            ..fast_config()
+        },
+    );
+    wait_drained(&pool, WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !relay_sleeps(&pool).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle relay never slept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Asleep: the commit notifies, and the relay publishes long before its 60 s poll.
+    let woken = event(&topic, "wakes-the-relay", 1);
+    let committed = tokio::time::Instant::now();
+    commit_one(&pool, &woken).await;
+    tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a commit notifies while the relay sleeps")
+        .unwrap();
+    wait_until_published(&pool, woken.event_id()).await;
+    let took = committed.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "published {took:?} after the commit"
+    );
+
+    // A burst with the relay awake between its events still drains completely, in order.
+    burst(&pool, &topic, 8, 25).await;
+    wait_drained(&pool, WAIT).await;
+    relay.stop().await;
+    assert!(!relay_sleeps(&pool).await, "a stopped relay holds no lock");
+    let messages = consume_all(&stack, &topic, 202, WAIT, Duration::from_secs(2)).await;
+    assert_eq!(messages.len(), 202);
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for m in &messages {
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        let revision: i64 = header(m, "revision").unwrap().parse().unwrap();
+        let previous = last.insert(key.clone(), revision).unwrap_or(0);
+        assert_eq!(revision, previous + 1, "{key}: revisions in order");
+    }
+}
