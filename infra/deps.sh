@@ -11,7 +11,7 @@ source "$here/lib.sh"
 COMPONENT=deps
 
 need cargo "install Rust (rustup) with the rustfmt and clippy components"
-apt_install build-essential cmake pkg-config curl libcurl4-openssl-dev libssl-dev zlib1g-dev
+apt_install build-essential cmake pkg-config curl libcurl4-openssl-dev libssl-dev zlib1g-dev fonts-dejavu-core
 # Optional: only for the compose file check; its absence must not stop a build.
 # (a subshell, so a failed install warns instead of ending the script)
 ( apt_install docker-compose ) || warn "docker-compose could not be installed: the compose test will run its static checks only"

@@ -133,6 +133,27 @@ pub(super) fn report(lines: &[String]) {
     }
 }
 
+/// Where `make bench` collects the results its report is drawn from: the folder named by
+/// `BENCH_RESULTS_DIR`. A benchmark run alone (no such variable) only prints.
+pub(super) fn results_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("BENCH_RESULTS_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
+/// Writes `value` as `<BENCH_RESULTS_DIR>/<name>.json` for the report (`bench report`); a
+/// no-op without that folder. A failed write is reported, not fatal: the numbers are printed.
+#[allow(clippy::print_stderr)]
+pub(super) fn save_result(name: &str, value: &serde_json::Value) {
+    let Some(dir) = results_dir() else { return };
+    let path = dir.join(format!("{name}.json"));
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, serde_json::to_vec_pretty(value).unwrap_or_default()));
+    if let Err(err) = written {
+        eprintln!("pitfall-lab: cannot write {}: {err}", path.display());
+    }
+}
+
 /// Telemetry as a service sets it up (spans exported over OTLP) when `export`, else none at all.
 /// Logs at warn: the benchmarks measure propagation and spans, not log lines.
 pub(super) fn bench_telemetry(

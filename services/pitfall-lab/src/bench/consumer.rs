@@ -8,7 +8,7 @@ use eda_idempotent_consumer::{Consumer, ConsumerConfig, Dedupe};
 use eda_stack_admin::{Stack, unique};
 
 use super::BoxError;
-use super::common::{delete_topic, drop_database, report, status_kib};
+use super::common::{delete_topic, drop_database, report, save_result, status_kib};
 use super::counted::{
     CountAndEmit, consume_all_events, counting_database, produce_counted, topic_with_dlq,
 };
@@ -49,6 +49,7 @@ pub(super) async fn run(stack: &Stack, events: usize) -> Result<(), BoxError> {
         "== consumer throughput: {events} events, 6 partitions, handler = counter upsert + outbox row =="
     )];
     let mut rates = Vec::new();
+    let mut modes = Vec::new();
     for (name, dedupe, batch, batch_aware) in MODES {
         let (db, pool) = counting_database(stack).await?;
         let mut config =
@@ -75,6 +76,9 @@ pub(super) async fn run(stack: &Stack, events: usize) -> Result<(), BoxError> {
         };
         let rate = events as f64 / secs;
         rates.push(rate);
+        modes.push(
+            serde_json::json!({ "mode": name, "events_per_second": rate, "transactions": batches }),
+        );
         let mut line = format!(
             "{name:<28}: {rate:>6.0} events/s ({secs:.1} s, {batches} transactions of 2+ events), process peak RSS {:.1} MiB",
             peak_rss_mib()
@@ -108,6 +112,10 @@ pub(super) async fn run(stack: &Stack, events: usize) -> Result<(), BoxError> {
         100.0 * rates[1] / rates[3]
     ));
     report(&out);
+    save_result(
+        "consumer",
+        &serde_json::json!({ "events": events, "partitions": 6, "modes": modes }),
+    );
     delete_topic(stack, &topic).await;
     delete_topic(stack, &dlq).await;
     Ok(())

@@ -1,6 +1,14 @@
-//! `bench latency`: commit-to-consumer latency of the in-process relay at a steady write rate,
-//! measured from each event's `occurred-at` header to the moment a consumer reads it.
+//! `bench latency`: commit-to-consumer latency of the in-process relay, open loop at fixed
+//! write rates (see [`open_loop`](super::open_loop)): each event is written in its own
+//! transaction at its scheduled time, and a consumer notes when it reads it.
+//!
+//! Two latencies per event, both in HDR histograms:
+//! - **commit → consumer**: from the writer's `COMMIT` returning to the consumer reading the
+//!   record (the relay's wake-up, read, produce, Kafka, the consumer's fetch);
+//! - **scheduled → consumer**: from the event's scheduled write time, so a writer that had to
+//!   wait (for a pooled connection, behind a slow commit) counts that wait too.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eda_outbox::{OutboxEvent, Relay, RelayConfig, enqueue};
@@ -12,14 +20,32 @@ use tokio_util::sync::CancellationToken;
 
 use super::BoxError;
 use super::common::{
-    create_topic, delete_topic, drop_database, percentile, report, scratch_database,
+    create_topic, delete_topic, drop_database, report, save_result, scratch_database,
 };
+use super::open_loop::{self, curve, histogram, record, summary};
 
-/// Concurrent writers, each committing one event per transaction at `rate / WRITERS` per second.
-const WRITERS: u64 = 8;
+/// Runs each rate for `seconds` and reports both latencies per rate.
+pub(super) async fn run(stack: &Stack, rates: &[u64], seconds: u64) -> Result<(), BoxError> {
+    let mut out = vec![format!(
+        "== commit-to-consumer latency, in-process relay, open loop, {seconds} s per rate after {} s of warm-up (HDR, corrected for coordinated omission) ==",
+        open_loop::WARM_UP_SECONDS
+    )];
+    let mut results = Vec::new();
+    for &rate in rates {
+        let (line, result) = one_rate(stack, rate, seconds).await?;
+        out.push(line);
+        results.push(result);
+    }
+    report(&out);
+    save_result("latency", &json!({ "seconds": seconds, "rates": results }));
+    Ok(())
+}
 
-/// Writes at `rate` for `seconds` through the relay and reports commit-to-consumer latency.
-pub(super) async fn run(stack: &Stack, rate: u64, seconds: u64) -> Result<(), BoxError> {
+async fn one_rate(
+    stack: &Stack,
+    rate: u64,
+    seconds: u64,
+) -> Result<(String, serde_json::Value), BoxError> {
     let (db, pool) = scratch_database(stack).await?;
     let topic = create_topic(stack, 6).await?;
     let stop = CancellationToken::new();
@@ -39,34 +65,36 @@ pub(super) async fn run(stack: &Stack, rate: u64, seconds: u64) -> Result<(), Bo
         partitions.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)?;
     }
     consumer.assign(&partitions)?;
-    let total = rate * seconds;
+    let total = rate * (open_loop::WARM_UP_SECONDS + seconds);
     let (warm_tx, warm_rx) = tokio::sync::oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
         let mut warm_tx = Some(warm_tx);
-        let mut latencies = Vec::with_capacity(total as usize);
-        while (latencies.len() as u64) < total {
+        let mut read: Vec<Option<Instant>> = vec![None; total as usize];
+        let mut seen = 0;
+        while seen < total {
             let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await
             else {
                 break;
             };
+            let at = Instant::now();
             if m.key() == Some(b"warmup".as_slice()) {
                 if let Some(tx) = warm_tx.take() {
                     let _ = tx.send(());
                 }
                 continue;
             }
-            let occurred = m
-                .headers()
-                .and_then(|h| eda_context::kafka::header(h, "occurred-at"));
-            if let Some(Ok(at)) = occurred.map(chrono::DateTime::parse_from_rfc3339) {
-                let ms = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
-                    .num_microseconds()
-                    .unwrap_or(0) as f64
-                    / 1000.0;
-                latencies.push(ms);
+            let index = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                .and_then(|v| v["i"].as_u64());
+            if let Some(slot) = index.and_then(|i| read.get_mut(i as usize))
+                && slot.is_none()
+            {
+                *slot = Some(at);
+                seen += 1;
             }
         }
-        latencies
+        read
     });
 
     // Measure the steady state: start writing once one event went all the way through.
@@ -81,56 +109,82 @@ pub(super) async fn run(stack: &Stack, rate: u64, seconds: u64) -> Result<(), Bo
         .await
         .map_err(|_| "warm-up event not consumed")??;
 
-    let per_writer = total / WRITERS;
-    let interval = Duration::from_secs_f64(WRITERS as f64 / rate as f64);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..WRITERS {
-        let (pool, topic) = (pool.clone(), topic.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            for i in 0..per_writer {
-                tick.tick().await;
-                let e = OutboxEvent::json(
-                    &topic,
-                    "Order",
-                    &format!("o-{w}-{}", i % 50),
-                    "OrderPlaced",
-                    i as i64 + 1,
-                    &json!({"i": i}),
-                )
-                .expect("event");
-                let mut tx = pool.begin().await.expect("begin");
-                enqueue(&mut tx, &e).await.expect("enqueue");
-                tx.commit().await.expect("commit");
+    let committed: Arc<Mutex<Vec<Option<Instant>>>> =
+        Arc::new(Mutex::new(vec![None; total as usize]));
+    let label = format!("{rate} events/s");
+    let outcome = open_loop::run(&label, rate, seconds, |i| {
+        let (pool, topic, committed) = (pool.clone(), topic.clone(), Arc::clone(&committed));
+        async move {
+            let event = match OutboxEvent::json(
+                &topic,
+                "Order",
+                &format!("o-{}", i % 50),
+                "OrderPlaced",
+                (i / 50) as i64 + 1,
+                &json!({ "i": i }),
+            ) {
+                Ok(event) => event,
+                Err(_) => return false,
+            };
+            let written = async {
+                let mut tx = pool.begin().await?;
+                enqueue(&mut tx, &event).await?;
+                tx.commit().await?;
+                Ok::<(), BoxError>(())
+            };
+            let ok = written.await.is_ok();
+            if ok && let Ok(mut committed) = committed.lock() {
+                committed[i as usize] = Some(Instant::now());
             }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let achieved = (per_writer * WRITERS) as f64 / started.elapsed().as_secs_f64();
-    let mut latencies = reader.await?;
+            ok
+        }
+    })
+    .await?;
+    let read = reader.await?;
     stop.cancel();
     relay_task.await?;
-    latencies.sort_by(f64::total_cmp);
-    report(&[
-        format!(
-            "== commit-to-consumer latency, in-process relay (LISTEN/NOTIFY), target {rate} events/s for {seconds} s =="
-        ),
-        format!(
-            "achieved rate    : {achieved:.0} events/s, {} events measured",
-            latencies.len()
-        ),
-        format!(
-            "latency (ms)     : p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.9),
-            percentile(&latencies, 0.99),
-            latencies.last().copied().unwrap_or(f64::NAN)
-        ),
-    ]);
+
+    let committed = committed.lock().map_err(|_| "poisoned")?.clone();
+    let (mut commit_to_consumer, mut scheduled_to_consumer) = (histogram(), histogram());
+    let mut lost = 0;
+    for (i, timing) in outcome
+        .timings
+        .iter()
+        .enumerate()
+        .skip(outcome.measured_from)
+    {
+        match (committed[i], read[i]) {
+            (Some(c), Some(r)) => {
+                record(&mut commit_to_consumer, r.saturating_duration_since(c));
+                record(&mut scheduled_to_consumer, r - timing.scheduled);
+            }
+            (Some(_), None) => lost += 1,
+            _ => {}
+        }
+    }
+    let (write, _, write_errors) = outcome.histograms();
+    let line = format!(
+        "{rate:>5} events/s (achieved {:.0}; {} consumed, {lost} not seen, {write_errors} writes failed)\n\
+         \x20   commit -> consumer    : {}\n\
+         \x20   scheduled -> consumer : {}\n\
+         \x20   scheduled -> commit   : {}",
+        outcome.achieved_rate,
+        commit_to_consumer.len(),
+        summary(&commit_to_consumer),
+        summary(&scheduled_to_consumer),
+        summary(&write),
+    );
+    let result = json!({
+        "rate": rate,
+        "achieved_rate": outcome.achieved_rate,
+        "consumed": commit_to_consumer.len(),
+        "not_seen": lost,
+        "write_errors": write_errors,
+        "commit_to_consumer": curve(&commit_to_consumer),
+        "scheduled_to_consumer": curve(&scheduled_to_consumer),
+        "scheduled_to_commit": curve(&write),
+    });
     delete_topic(stack, &topic).await;
-    drop_database(stack, &db, pool).await
+    drop_database(stack, &db, pool).await?;
+    Ok((line, result))
 }

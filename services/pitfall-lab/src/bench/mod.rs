@@ -3,9 +3,11 @@
 //! with its size (the project's reference machine has 2 cores).
 //!
 //! # Layout
-//! One file per benchmark (`drain`, `latency`, `http`, `memory`, `consumer`, `propagation`);
+//! One file per benchmark (`drain`, `latency`, `http`, `memory`, `consumer`, `propagation`, ...);
 //! `common` holds what several share (scratch resources, the outbox backlog, reporting,
-//! telemetry), `counted` the consumer workload that `consumer` and `propagation` both run.
+//! telemetry, the results folder), `counted` the consumer workload that `consumer` and
+//! `propagation` both run, `open_loop` the fixed-rate load and HDR histograms of `latency` and
+//! `http`, `report` the Markdown and charts `make bench` ends with.
 
 mod codecs;
 mod common;
@@ -20,9 +22,11 @@ mod large_rss;
 mod large_throughput;
 mod latency;
 mod memory;
+mod open_loop;
 mod payloads;
 mod projection;
 mod propagation;
+mod report;
 
 use clap::Subcommand;
 use eda_stack_admin::Stack;
@@ -41,19 +45,23 @@ pub enum Bench {
         #[arg(long, default_value_t = 256)]
         payload_bytes: usize,
     },
-    /// Commit-to-consumer latency of the in-process relay at a steady rate.
+    /// Commit-to-consumer latency of the in-process relay, open loop at fixed write rates.
     Latency {
-        /// Events per second.
-        #[arg(long, default_value_t = 1000)]
-        rate: u64,
-        /// Duration of the run.
-        #[arg(long, default_value_t = 20)]
+        /// Events per second, comma-separated: one run each.
+        #[arg(long, value_delimiter = ',', default_value = "500,1000,2000")]
+        rates: Vec<u64>,
+        /// Duration of each run.
+        #[arg(long, default_value_t = 15)]
         seconds: u64,
     },
-    /// POST /orders throughput and latency, outbox mode vs direct mode. By default without any
+    /// POST /orders throughput (closed loop: outbox, outbox rows only, direct) and, with
+    /// `--rates`, response time at fixed arrival rates (open loop). By default without any
     /// tracing subscriber; `--export true` adds telemetry as the services run it (spans exported
     /// to Jaeger, logs at warn), with `--propagation on|off`, one process per setting.
     Http {
+        /// Open-loop arrival rates (orders/s), comma-separated; none by default.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<u64>,
         /// Duration of each mode's run.
         #[arg(long, default_value_t = 15)]
         seconds: u64,
@@ -163,6 +171,20 @@ pub enum Bench {
         #[arg(long, default_value_t = 15)]
         seconds: u64,
     },
+    /// Writes `report.md` and PNG charts into the folder `make bench` collected its results in
+    /// (`BENCH_RESULTS_DIR`): summary table against the goals, throughput and latency charts,
+    /// every benchmark's printed output.
+    Report {
+        /// The results folder.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The machine, as the charts state it (e.g. "2 cores, 23 GiB").
+        #[arg(long, default_value = "")]
+        machine: String,
+        /// The commit measured.
+        #[arg(long, default_value = "")]
+        commit: String,
+    },
     /// (internal) The consumer process of the large-rss benchmark.
     #[command(hide = true)]
     LargeRssConsumer {
@@ -190,19 +212,39 @@ pub enum Bench {
 
 /// Runs one benchmark against the stack the environment names (`infra/stack.sh env`).
 pub async fn run(what: Bench) -> Result<(), BoxError> {
+    if let Bench::Report {
+        dir,
+        machine,
+        commit,
+    } = &what
+    {
+        let report = report::run(dir, machine, commit)?;
+        common::report(&[format!("report: {}", report.display())]);
+        return Ok(());
+    }
     let stack = Stack::try_from_env()?;
     match what {
         Bench::Drain {
             rows,
             payload_bytes,
         } => drain::run(&stack, rows, payload_bytes).await,
-        Bench::Latency { rate, seconds } => latency::run(&stack, rate, seconds).await,
+        Bench::Latency { rates, seconds } => latency::run(&stack, &rates, seconds).await,
         Bench::Http {
+            rates,
             seconds,
             concurrency,
             propagation,
             export,
-        } => http::run(&stack, seconds, concurrency, propagation, export).await,
+        } => {
+            let load = http::Load {
+                seconds,
+                concurrency,
+                propagation,
+                export,
+                rates,
+            };
+            http::run(&stack, load).await
+        }
         Bench::Memory { rows } => memory::run(&stack, rows).await,
         Bench::Consumer { events } => consumer::run(&stack, events).await,
         Bench::Propagation {
@@ -239,6 +281,7 @@ pub async fn run(what: Bench) -> Result<(), BoxError> {
         } => projection::run(&stack, orders, &rates, seconds).await,
         Bench::EventSourcing { orders, loads } => event_sourcing::run(&stack, orders, loads).await,
         Bench::LargeRss { events, megabytes } => large_rss::run(&stack, events, megabytes).await,
+        Bench::Report { .. } => Ok(()),
         Bench::LargeRssConsumer {
             database_url,
             topic,
